@@ -1,0 +1,196 @@
+//! The job configuration: every key, its default (the embedded toy-VAE job) and its checks.
+//! Parsing TOML and `--set` overrides is the launcher's job; this is the typed result.
+
+use crate::generators::Family;
+use crate::svgd::{FieldConfig, KdeClamp, Repulsion};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Run seed: initialisation, data, pretraining and particle noise all derive from it.
+    pub seed: u64,
+    /// Alignment (FAV) steps.
+    pub steps: usize,
+    pub model: ModelConfig,
+    pub pretrain: PretrainConfig,
+    pub fav: FavConfig,
+    pub eval: EvalConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `vae`, `drift` or `meanflow`.
+    pub family: Family,
+    /// Sampling steps (MeanFlow: 1–16; the one-step families need 1).
+    pub sample_steps: usize,
+    /// A base checkpoint (safetensors of the generator network). Empty: pretrain, and cache.
+    pub base: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainConfig {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// Evaluate (MMD² to data) every this many steps; the best EMA-MMD² weights are kept.
+    pub eval_every: usize,
+    /// Where pretrained base generators are cached, keyed by everything that shapes them.
+    pub cache_dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FavConfig {
+    pub beta: f64,
+    pub temps_kde: Vec<f64>,
+    pub temps_stein: Vec<f64>,
+    pub kde_clamp: KdeClamp,
+    pub repulsion: Repulsion,
+    /// Generated particles per step (N).
+    pub batch: usize,
+    /// Frozen-model samples drawn once before alignment.
+    pub ref_pool: usize,
+    /// Reference particles drawn from the pool each step (M).
+    pub ref_batch: usize,
+    pub lr: f64,
+    /// Global-norm gradient clip; 0 disables it (the toy uses none).
+    pub max_grad_norm: f64,
+    /// Kernel entries materialised at once by the transport field.
+    pub tile_elems: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate every this many alignment steps (and at the end).
+    pub every: usize,
+    /// Model and target samples per evaluation.
+    pub samples: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            steps: 1500,
+            model: ModelConfig::default(),
+            pretrain: PretrainConfig::default(),
+            fav: FavConfig::default(),
+            eval: EvalConfig::default(),
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { family: Family::Vae, sample_steps: 1, base: String::new() }
+    }
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        Self { steps: 4000, batch: 2048, lr: 1e-3, eval_every: 250, cache_dir: "runs/cache".into() }
+    }
+}
+
+impl Default for FavConfig {
+    fn default() -> Self {
+        Self {
+            beta: 1.0,
+            temps_kde: vec![0.05],
+            temps_stein: vec![0.05],
+            kde_clamp: KdeClamp::Toy,
+            repulsion: Repulsion::TwoSided,
+            batch: 2048,
+            ref_pool: 200_000,
+            ref_batch: 2048,
+            lr: 1e-4,
+            max_grad_norm: 0.0,
+            tile_elems: 1 << 20,
+        }
+    }
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { every: 100, samples: 4096 }
+    }
+}
+
+/// A refused configuration value: which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), reason: reason.into() }
+}
+
+fn positive(key: &str, v: usize) -> Result<(), ConfigError> {
+    if v == 0 { Err(err(key, "must be ≥ 1")) } else { Ok(()) }
+}
+
+fn positive_f(key: &str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 { Ok(()) } else { Err(err(key, format!("must be finite and > 0, got {v}"))) }
+}
+
+impl Config {
+    /// Every impossible value is refused here, before any work, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.model;
+        match m.family {
+            Family::Meanflow if !(1..=64).contains(&m.sample_steps) => {
+                return Err(err("model.sample_steps", format!("MeanFlow needs 1–64 steps, got {}", m.sample_steps)))
+            }
+            Family::Vae | Family::Drift if m.sample_steps != 1 => {
+                return Err(err("model.sample_steps", format!("{:?} is a one-step generator; got {}", m.family, m.sample_steps)))
+            }
+            _ => {}
+        }
+        let p = &self.pretrain;
+        positive("pretrain.batch", p.batch)?;
+        positive("pretrain.eval_every", p.eval_every)?;
+        positive_f("pretrain.lr", p.lr)?;
+        if p.cache_dir.is_empty() {
+            return Err(err("pretrain.cache_dir", "must name a directory"));
+        }
+        let f = &self.fav;
+        positive("fav.batch", f.batch)?;
+        positive("fav.ref_pool", f.ref_pool)?;
+        positive("fav.ref_batch", f.ref_batch)?;
+        positive_f("fav.lr", f.lr)?;
+        if !(f.max_grad_norm.is_finite() && f.max_grad_norm >= 0.0) {
+            return Err(err("fav.max_grad_norm", format!("must be ≥ 0 (0 = off), got {}", f.max_grad_norm)));
+        }
+        self.field().validate().map_err(|e| {
+            let key = ["beta", "temps_kde", "temps_stein", "kde_clamp", "tile_elems"]
+                .into_iter()
+                .find(|k| e.starts_with(k))
+                .unwrap_or("temps_kde");
+            err(&format!("fav.{key}"), e)
+        })?;
+        positive("eval.every", self.eval.every)?;
+        if self.eval.samples < 2 {
+            return Err(err("eval.samples", "must be ≥ 2"));
+        }
+        Ok(())
+    }
+
+    pub fn field(&self) -> FieldConfig {
+        let f = &self.fav;
+        FieldConfig {
+            beta: f.beta,
+            temps_kde: f.temps_kde.clone(),
+            temps_stein: f.temps_stein.clone(),
+            kde_clamp: f.kde_clamp,
+            repulsion: f.repulsion,
+            tile_elems: f.tile_elems,
+        }
+    }
+}

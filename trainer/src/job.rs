@@ -1,0 +1,187 @@
+//! One training job from config to run directory: base generator (loaded, cached or pretrained),
+//! FAV alignment with periodic evaluation, and the outputs a person or a script reads.
+//!
+//! Run directory: `metrics.jsonl` (one object per evaluation), `summary.json`,
+//! `final.safetensors` (aligned network by module path), `samples.png` (base | aligned | target),
+//! `config.json` (the resolved configuration).
+
+use crate::align::Aligner;
+use crate::config::Config;
+use crate::eval::{Evaluator, Scores};
+use crate::generators::{Mlp, Sampler};
+use crate::{io, plot, pretrain, toy};
+use burn::tensor::Device;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What the job tells whoever runs it (progress bars, logs).
+pub trait Observer {
+    /// A long phase starts: `total` units of work.
+    fn phase(&mut self, _name: &str, _total: usize) {}
+    /// `done` units of the current phase are finished; `loss` is the latest.
+    fn progress(&mut self, _done: usize, _loss: f64) {}
+    /// An evaluation finished.
+    fn eval(&mut self, _rec: &EvalRecord) {}
+}
+
+/// Observes nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalRecord {
+    pub step: usize,
+    pub loss: f64,
+    pub kl: f64,
+    pub mmd2: f64,
+    pub reward_mean: f64,
+    pub wall_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// The pretrained generator before alignment, against the tilted target.
+    pub base: Scores,
+    /// The aligned generator, against the tilted target.
+    pub final_: Scores,
+    /// How well the base generator fits the untilted data.
+    pub base_vs_data: Scores,
+    pub steps: usize,
+    pub seed: u64,
+    pub world_size: usize,
+    pub wall_s: f64,
+    pub pretrain_s: f64,
+    pub align_s: f64,
+    pub base_checkpoint: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("run directory {path}: {reason}")]
+    RunDir { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Weights(#[from] io::WeightsError),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+fn dir_err(path: &Path, e: impl ToString) -> JobError {
+    JobError::RunDir { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// The cache file of a pretrained base: keyed by everything that shapes its weights.
+pub fn base_cache_path(cfg: &Config) -> PathBuf {
+    let key = serde_json::json!({
+        "v": 1,
+        "family": cfg.model.family,
+        "seed": cfg.seed,
+        "steps": cfg.pretrain.steps,
+        "batch": cfg.pretrain.batch,
+        "lr": cfg.pretrain.lr,
+        "eval_every": cfg.pretrain.eval_every,
+        "eval_samples": cfg.eval.samples,
+    });
+    let hash = Sha256::digest(key.to_string().as_bytes());
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Path::new(&cfg.pretrain.cache_dir).join(format!("{:?}-{hex}.safetensors", cfg.model.family).to_lowercase())
+}
+
+/// The base network: from `model.base`, from the cache, or pretrained now (and cached).
+fn base_network(cfg: &Config, sampler: &Sampler, device: &Device, obs: &mut dyn Observer) -> Result<(Mlp, String), JobError> {
+    let fresh = sampler.new_net(device);
+    if !cfg.model.base.is_empty() {
+        let path = PathBuf::from(&cfg.model.base);
+        return Ok((io::load(fresh, &path)?, path.display().to_string()));
+    }
+    let cache = base_cache_path(cfg);
+    if cache.is_file() {
+        match io::load(fresh.clone(), &cache) {
+            Ok(net) => {
+                tracing::info!(path = %cache.display(), "using cached base generator");
+                return Ok((net, cache.display().to_string()));
+            }
+            Err(e) => tracing::warn!("ignoring unusable cached base ({e}); pretraining again"),
+        }
+    }
+    tracing::info!(family = ?cfg.model.family, steps = cfg.pretrain.steps, "pretraining the base generator");
+    obs.phase("pretrain", cfg.pretrain.steps);
+    let net = pretrain::pretrain(cfg, sampler, device, &mut |done, _, loss| obs.progress(done, loss));
+    io::save(&net, &cache)?;
+    Ok((net, cache.display().to_string()))
+}
+
+/// Run the whole job into `out`.
+pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, JobError> {
+    cfg.validate()?;
+    let t0 = Instant::now();
+    std::fs::create_dir_all(out).map_err(|e| dir_err(out, e))?;
+    let write = |name: &str, text: String| std::fs::write(out.join(name), text).map_err(|e| dir_err(&out.join(name), e));
+    write("config.json", serde_json::to_string_pretty(cfg).expect("config serialises"))?;
+    let device = Device::flex();
+    let sampler = Sampler { family: cfg.model.family, steps: cfg.model.sample_steps };
+
+    let (base, base_path) = base_network(cfg, &sampler, &device, obs)?;
+    let pretrain_s = t0.elapsed().as_secs_f64();
+    let eval = Evaluator::new(cfg.seed, cfg.eval.samples, cfg.fav.beta, &sampler, &device);
+    let base_x = eval.samples(&sampler, &base);
+    let base_scores = eval.score(&base_x, &eval.target);
+    let base_vs_data = eval.score(&base_x, &eval.data);
+    tracing::info!(kl_to_data = base_vs_data.kl, kl = base_scores.kl, mmd2 = base_scores.mmd2,
+        reward = base_scores.reward_mean, "base generator against the tilted target");
+
+    let t_align = Instant::now();
+    let mut aligner = Aligner::new(cfg, sampler, &base, &device);
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| dir_err(&metrics_path, e))?;
+    obs.phase("align", cfg.steps);
+    let mut last = base_scores;
+    for step in 0..cfg.steps {
+        let stats = aligner.step(step);
+        obs.progress(step + 1, stats.loss);
+        let done = step + 1;
+        if done % cfg.eval.every == 0 || done == cfg.steps {
+            last = eval.score(&eval.samples(&sampler, &aligner.plain()), &eval.target);
+            let rec = EvalRecord {
+                step: done,
+                loss: stats.loss,
+                kl: last.kl,
+                mmd2: last.mmd2,
+                reward_mean: last.reward_mean,
+                wall_s: t0.elapsed().as_secs_f64(),
+            };
+            writeln!(metrics, "{}", serde_json::to_string(&rec).expect("record serialises"))
+                .and_then(|_| metrics.flush())
+                .map_err(|e| dir_err(&metrics_path, e))?;
+            obs.eval(&rec);
+        }
+    }
+    let align_s = t_align.elapsed().as_secs_f64();
+    let aligned = aligner.plain();
+    io::save(&aligned, &out.join("final.safetensors"))?;
+    let final_x = eval.samples(&sampler, &aligned);
+    plot::density_panels(&[&base_x, &final_x, &eval.target], &toy::centres(), &out.join("samples.png"))
+        .map_err(|e| dir_err(&out.join("samples.png"), e))?;
+    let summary = Summary {
+        base: base_scores,
+        final_: last,
+        base_vs_data,
+        steps: cfg.steps,
+        seed: cfg.seed,
+        world_size: 1,
+        wall_s: t0.elapsed().as_secs_f64(),
+        pretrain_s,
+        align_s,
+        base_checkpoint: base_path,
+    };
+    let mut json = serde_json::to_value(&summary).expect("summary serialises");
+    if let Some(o) = json.as_object_mut() {
+        let f = o.remove("final_").expect("field present");
+        o.insert("final".into(), f);
+    }
+    write("summary.json", serde_json::to_string_pretty(&json).expect("json"))?;
+    Ok(summary)
+}

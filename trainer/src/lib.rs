@@ -1,0 +1,16 @@
+//! FAV trainer core: the FAV math ([`svgd`]), generators, rewards, metrics and the training loop.
+//! It talks to other processes only through `fav_comm::Collective`.
+
+pub mod align;
+pub mod config;
+pub mod eval;
+pub mod generators;
+pub mod io;
+pub mod job;
+pub mod metrics;
+pub mod noise;
+pub mod plot;
+pub mod pretrain;
+pub mod reward;
+pub mod svgd;
+pub mod toy;

@@ -1,0 +1,261 @@
+//! Golden vectors of spec §15: every case, every output, variants and shards, at the file's own
+//! tolerance. `SVGD_GOLDEN` names another file of the same schema.
+
+use burn::tensor::{Device, Tensor};
+use fav_trainer::svgd::{self, FieldConfig, KdeClamp, Repulsion};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn golden_path() -> PathBuf {
+    match std::env::var_os("SVGD_GOLDEN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/svgd_golden.json"),
+    }
+}
+
+fn load() -> Value {
+    let path = golden_path();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read golden file {} (set SVGD_GOLDEN): {e}", path.display()));
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("golden file {} is not valid JSON: {e}", path.display()));
+    for key in ["tolerance", "cases"] {
+        assert!(v.get(key).is_some(), "golden file {} is malformed: no top-level `{key}`", path.display());
+    }
+    v
+}
+
+struct Tol {
+    rtol: f64,
+    atol_scale: f64,
+}
+
+fn field<'a>(v: &'a Value, key: &str, ctx: &str) -> &'a Value {
+    v.get(key).unwrap_or_else(|| panic!("golden file is malformed: {ctx} has no `{key}`"))
+}
+
+fn mat(v: &Value, ctx: &str) -> (Vec<f64>, usize, usize) {
+    let rows = v.as_array().unwrap_or_else(|| panic!("golden {ctx}: expected a matrix"));
+    let cols = rows.first().and_then(|r| r.as_array()).map_or(0, |r| r.len());
+    let mut out = Vec::with_capacity(rows.len() * cols);
+    for r in rows {
+        let r = r.as_array().unwrap_or_else(|| panic!("golden {ctx}: expected rows"));
+        assert_eq!(r.len(), cols, "golden {ctx}: ragged matrix");
+        out.extend(r.iter().map(|x| x.as_f64().unwrap_or_else(|| panic!("golden {ctx}: non-number"))));
+    }
+    (out, rows.len(), cols)
+}
+
+fn tensor(v: &Value, ctx: &str, dev: &Device) -> Tensor<2> {
+    let (vals, r, c) = mat(v, ctx);
+    svgd::matrix(vals.iter().map(|&x| x as f32).collect(), r, c, dev)
+}
+
+fn f64s(v: &Value, ctx: &str) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("golden {ctx}: expected a list"))
+        .iter()
+        .map(|x| x.as_f64().unwrap_or_else(|| panic!("golden {ctx}: non-number")))
+        .collect()
+}
+
+/// Elementwise `|got − want| ≤ rtol·|want| + atol_scale·max|want|`; returns the worst ratio of
+/// error to allowance (≤ 1 passes) so the margin can be reported.
+fn check(got: &[f32], want: &[f64], tol: &Tol, ctx: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{ctx}: length {} vs golden {}", got.len(), want.len());
+    let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let allow = tol.rtol * w.abs() + tol.atol_scale * scale;
+        let err = (g as f64 - w).abs();
+        assert!(err <= allow, "{ctx}[{i}]: got {g}, want {w} (|err| {err:.3e} > allowed {allow:.3e})");
+        if allow > 0.0 {
+            worst = worst.max(err / allow);
+        }
+    }
+    worst
+}
+
+fn check_scalar(got: f64, want: f64, tol: &Tol, ctx: &str) -> f64 {
+    let allow = tol.rtol * want.abs();
+    let err = (got - want).abs();
+    assert!(err <= allow, "{ctx}: got {got}, want {want} (|err| {err:.3e} > {allow:.3e})");
+    if allow > 0.0 { err / allow } else { 0.0 }
+}
+
+fn cfg_of(inputs: &Value, clamp: KdeClamp, repulsion: Repulsion, tile_elems: usize, ctx: &str) -> FieldConfig {
+    FieldConfig {
+        beta: field(inputs, "beta", ctx).as_f64().expect("beta"),
+        temps_kde: f64s(field(inputs, "temps_kde", ctx), ctx),
+        temps_stein: f64s(field(inputs, "temps_stein", ctx), ctx),
+        kde_clamp: clamp,
+        repulsion,
+        tile_elems,
+    }
+}
+
+fn run_case(case: &Value, tol: &Tol, dev: &Device, tile_elems: usize) -> f64 {
+    let name = field(case, "name", "case").as_str().unwrap_or("?").to_string();
+    let inputs = field(case, "inputs", &name);
+    let outputs = field(case, "outputs", &name);
+    let variants = field(case, "variants", &name);
+    let x = tensor(field(inputs, "gen", &name), &format!("{name}.gen"), dev);
+    let y = tensor(field(inputs, "ref", &name), &format!("{name}.ref"), dev);
+    let g = tensor(field(inputs, "reward_grad", &name), &format!("{name}.reward_grad"), dev);
+    let want = |k: &str| mat(field(outputs, k, &name), k).0;
+    let mut worst = 0.0f64;
+
+    // Canonical conventions: image clamp, one-sided repulsion.
+    let cfg = cfg_of(inputs, KdeClamp::Image, Repulsion::OneSided, tile_elems, &name);
+    let step = svgd::transport(&x, &y, &g, &cfg);
+    for (k, t) in [
+        ("prior_score", &step.score.prior),
+        ("total_score", &step.score.total),
+        ("driving", &step.field.driving),
+        ("repulsive", &step.field.repulsive),
+        ("velocity", &step.field.velocity),
+        ("grad_wrt_gen", &step.grad),
+    ] {
+        worst = worst.max(check(&svgd::to_vec(t), &want(k), tol, &format!("{name}.{k}")));
+    }
+    let loss = field(outputs, "loss", &name).as_f64().expect("loss");
+    worst = worst.max(check_scalar(step.loss, loss, tol, &format!("{name}.loss")));
+
+    // Variants: KDE normaliser, two-sided repulsion, toy clamp.
+    let z = f64s(field(variants, "kde_normalizer", &name), "kde_normalizer");
+    worst = worst.max(check(&svgd::to_vec(&step.score.normalizer), &z, tol, &format!("{name}.kde_normalizer")));
+    let clamped: Vec<usize> = field(variants, "clamped_rows", &name)
+        .as_array()
+        .expect("clamped_rows")
+        .iter()
+        .map(|v| v.as_u64().expect("row index") as usize)
+        .collect();
+    let zs = svgd::to_vec(&step.score.normalizer);
+    for (i, zi) in zs.iter().enumerate() {
+        assert_eq!((*zi as f64) < svgd::Z_CLAMP, clamped.contains(&i), "{name}: clamp status of row {i} (Z = {zi})");
+    }
+    let cfg2 = FieldConfig { repulsion: Repulsion::TwoSided, ..cfg.clone() };
+    let two = svgd::velocity(&x, &x, &step.score.total, x.dims()[0], &cfg2);
+    for (k, t) in [("repulsive_two_sided", &two.repulsive), ("velocity_two_sided", &two.velocity)] {
+        let w = mat(field(variants, k, &name), k).0;
+        worst = worst.max(check(&svgd::to_vec(t), &w, tol, &format!("{name}.{k}")));
+    }
+    let toy = field(variants, "prior_score_toy_clamp", &name);
+    if !toy.is_null() {
+        let cfg3 = FieldConfig { kde_clamp: KdeClamp::Toy, ..cfg.clone() };
+        let s = svgd::total_score(&x, &y, &g, &cfg3);
+        worst = worst.max(check(&svgd::to_vec(&s.prior), &mat(toy, "toy").0, tol, &format!("{name}.prior_score_toy_clamp")));
+    } else {
+        assert!(cfg.temps_kde.len() != 1, "{name}: toy clamp missing for a single temperature");
+    }
+
+    if let Some(shards) = case.get("sharding") {
+        worst = worst.max(run_shards(&name, shards, &x, &y, &g, &cfg, &step, tol));
+    }
+    worst
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_shards(
+    name: &str,
+    shards: &Value,
+    x: &Tensor<2>,
+    y: &Tensor<2>,
+    g: &Tensor<2>,
+    cfg: &FieldConfig,
+    global: &svgd::Step,
+    tol: &Tol,
+) -> f64 {
+    let n = x.dims()[0];
+    let mut worst = 0.0f64;
+    let mut layouts = 0;
+    for layout in shards.as_array().expect("sharding is a list") {
+        layouts += 1;
+        let g_ranks = field(layout, "G", name).as_u64().expect("G") as usize;
+        let ranks = field(layout, "shards", name).as_array().expect("shards");
+        let c_prompts = field(layout, "prompts_per_step_C", name).as_u64().expect("C") as usize;
+        let micro = field(layout, "micro_batch_size", name).as_u64().expect("micro") as usize;
+        assert_eq!(ranks.len(), g_ranks, "{name}: G = {g_ranks} but {} shards", ranks.len());
+        // Step 2 of §6.7: each rank scores its own rows against the full reference set.
+        let mut u_parts = Vec::new();
+        for (r, shard) in ranks.iter().enumerate() {
+            let (a, b) = (r * n / g_ranks, (r + 1) * n / g_ranks);
+            let ctx = format!("{name}.G{g_ranks}.r{r}");
+            assert_eq!(field(shard, "row_start", &ctx).as_u64(), Some(a as u64), "{ctx}: row_start");
+            assert_eq!(field(shard, "row_end", &ctx).as_u64(), Some(b as u64), "{ctx}: row_end");
+            let xr = x.clone().slice_dim(0, a..b);
+            let gr = g.clone().slice_dim(0, a..b);
+            let s = svgd::total_score(&xr, y, &gr, cfg);
+            let w = mat(field(shard, "total_score", &ctx), "total_score").0;
+            worst = worst.max(check(&svgd::to_vec(&s.total), &w, tol, &format!("{ctx}.total_score")));
+            u_parts.push(s.total);
+        }
+        // Step 3: the gathered u equals the global one; step 4: own rows vs the global columns.
+        let u_all = Tensor::cat(u_parts, 0);
+        for (r, shard) in ranks.iter().enumerate() {
+            let (a, b) = (r * n / g_ranks, (r + 1) * n / g_ranks);
+            let ctx = format!("{name}.G{g_ranks}.r{r}");
+            let xr = x.clone().slice_dim(0, a..b);
+            let f = svgd::velocity(&xr, x, &u_all, n, cfg);
+            for (k, t) in [("driving", &f.driving), ("repulsive", &f.repulsive), ("velocity", &f.velocity)] {
+                let w = mat(field(shard, k, &ctx), k).0;
+                worst = worst.max(check(&svgd::to_vec(t), &w, tol, &format!("{ctx}.{k}")));
+            }
+            let chunks = field(shard, "chunks", &ctx).as_array().expect("chunks");
+            let mut covered = a;
+            for (c, chunk) in chunks.iter().enumerate() {
+                let cctx = format!("{ctx}.chunk{c}");
+                let cs = field(chunk, "row_start", &cctx).as_u64().expect("row_start") as usize;
+                let ce = field(chunk, "row_end", &cctx).as_u64().expect("row_end") as usize;
+                assert_eq!(cs, covered, "{cctx}: chunks must tile the shard");
+                covered = ce;
+                let m = ce - cs;
+                assert!(m == micro || (m < micro && ce == b), "{cctx}: chunk of {m} rows with micro = {micro}");
+                let v = f.velocity.clone().slice_dim(0, cs - a..ce - a);
+                let (loss, grad) = svgd::regression_grad(&v, m);
+                let want_loss = field(chunk, "loss_local", &cctx).as_f64().expect("loss_local");
+                worst = worst.max(check_scalar(loss, want_loss, tol, &format!("{cctx}.loss_local")));
+                let gl = mat(field(chunk, "grad_local", &cctx), "grad_local").0;
+                worst = worst.max(check(&svgd::to_vec(&grad), &gl, tol, &format!("{cctx}.grad_local")));
+                // loss_scale = G·m/(N·C) (§6.4); after ÷G it is the global gradient.
+                let scale = (g_ranks * m) as f64 / (n * c_prompts) as f64;
+                let ls = field(chunk, "loss_scale", &cctx).as_f64().expect("loss_scale");
+                worst = worst.max(check_scalar(scale, ls, tol, &format!("{cctx}.loss_scale")));
+                let scaled = grad.mul_scalar(scale);
+                let gs = mat(field(chunk, "grad_scaled", &cctx), "grad_scaled").0;
+                worst = worst.max(check(&svgd::to_vec(&scaled), &gs, tol, &format!("{cctx}.grad_scaled")));
+                let global_rows = global.grad.clone().slice_dim(0, cs..ce);
+                let avg = scaled.div_scalar(g_ranks as f64);
+                let gw: Vec<f64> = svgd::to_vec(&global_rows).iter().map(|&v| v as f64).collect();
+                worst = worst.max(check(&svgd::to_vec(&avg), &gw, tol, &format!("{cctx}.grad_scaled/G")));
+            }
+            assert_eq!(covered, b, "{ctx}: chunks must cover the shard");
+        }
+    }
+    assert!(layouts > 0, "{name}: sharding lists no layout");
+    worst
+}
+
+fn tolerance(v: &Value) -> Tol {
+    let t = field(v, "tolerance", "top level");
+    Tol {
+        rtol: field(t, "rtol", "tolerance").as_f64().expect("rtol"),
+        atol_scale: field(t, "atol_scale", "tolerance").as_f64().expect("atol_scale"),
+    }
+}
+
+#[test]
+fn golden_svgd_all_cases() {
+    let v = load();
+    let tol = tolerance(&v);
+    let dev = Device::flex();
+    let cases = field(&v, "cases", "top level").as_array().expect("cases is a list");
+    assert!(!cases.is_empty(), "golden file lists no case");
+    for case in cases {
+        // Untiled (one block) and tiled (a few kernel entries per tile) must both match.
+        for tile_elems in [usize::MAX / 2, 7] {
+            let worst = run_case(case, &tol, &dev, tile_elems);
+            eprintln!("{:32} tile {:>20}: worst error / allowance = {worst:.3}", case["name"].as_str().unwrap_or("?"), tile_elems);
+        }
+    }
+}
