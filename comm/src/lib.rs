@@ -1,1 +1,77 @@
-//! placeholder
+//! Collectives behind one trait. This build has the single-process implementation; MPI and
+//! NCCL implementations plug in behind the same trait (features `mpi`, `nccl`).
+
+/// A failed collective: the peer, transport or argument at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CommError {
+    #[error("collective {op}: {reason}")]
+    Failed { op: &'static str, reason: String },
+}
+
+/// The operations the trainer needs from its peers. Buffers are flat `f32` (tensors are
+/// flattened by the caller, one call per bucket, not one per tensor).
+pub trait Collective: Send {
+    /// This process's rank, `0..size`.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn size(&self) -> usize;
+    /// Concatenate every rank's equally sized `local` block in rank order.
+    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError>;
+    /// Element-wise sum over ranks, in place; every rank ends with the same values.
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), CommError>;
+    /// Overwrite `buf` on every rank with `root`'s bytes.
+    fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<(), CommError>;
+    /// Return once every rank has entered.
+    fn barrier(&self) -> Result<(), CommError>;
+}
+
+/// World size 1: every collective is the identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SingleProcess;
+
+impl Collective for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
+        Ok(local.to_vec())
+    }
+    fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<(), CommError> {
+        Ok(())
+    }
+    fn broadcast(&self, _buf: &mut [u8], root: usize) -> Result<(), CommError> {
+        if root != 0 {
+            return Err(CommError::Failed {
+                op: "broadcast",
+                reason: format!("root {root} out of range for world size 1"),
+            });
+        }
+        Ok(())
+    }
+    fn barrier(&self) -> Result<(), CommError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_process_collectives_are_identities() {
+        let c = SingleProcess;
+        assert_eq!((c.rank(), c.size()), (0, 1));
+        assert_eq!(c.all_gather(&[1.0, 2.0]).unwrap(), vec![1.0, 2.0]);
+        let mut b = [3.0f32, -1.0];
+        c.all_reduce_sum(&mut b).unwrap();
+        assert_eq!(b, [3.0, -1.0]);
+        let mut bytes = [7u8; 3];
+        c.broadcast(&mut bytes, 0).unwrap();
+        assert_eq!(bytes, [7; 3]);
+        assert!(c.broadcast(&mut bytes, 1).is_err());
+        c.barrier().unwrap();
+    }
+}

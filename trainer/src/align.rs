@@ -82,7 +82,7 @@ impl Aligner {
             adam = adam.with_grad_clipping(Some(GradientClippingConfig::Norm(cfg.fav.max_grad_norm as f32)));
         }
         Self {
-            net: base.clone().to_device(&device.clone().autodiff()),
+            net: base.clone().to_device(&device.clone().autodiff()).train().set_require_grad(true),
             optim: adam.init(),
             sampler,
             field: cfg.field(),

@@ -133,11 +133,19 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 fn positive(key: &str, v: usize) -> Result<(), ConfigError> {
-    if v == 0 { Err(err(key, "must be ≥ 1")) } else { Ok(()) }
+    if v == 0 {
+        Err(err(key, "must be ≥ 1"))
+    } else {
+        Ok(())
+    }
 }
 
 fn positive_f(key: &str, v: f64) -> Result<(), ConfigError> {
-    if v.is_finite() && v > 0.0 { Ok(()) } else { Err(err(key, format!("must be finite and > 0, got {v}"))) }
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(err(key, format!("must be finite and > 0, got {v}")))
+    }
 }
 
 impl Config {
@@ -149,7 +157,10 @@ impl Config {
                 return Err(err("model.sample_steps", format!("MeanFlow needs 1–64 steps, got {}", m.sample_steps)))
             }
             Family::Vae | Family::Drift if m.sample_steps != 1 => {
-                return Err(err("model.sample_steps", format!("{:?} is a one-step generator; got {}", m.family, m.sample_steps)))
+                return Err(err(
+                    "model.sample_steps",
+                    format!("{:?} is a one-step generator; got {}", m.family, m.sample_steps),
+                ))
             }
             _ => {}
         }

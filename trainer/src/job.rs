@@ -91,7 +91,12 @@ pub fn base_cache_path(cfg: &Config) -> PathBuf {
 }
 
 /// The base network: from `model.base`, from the cache, or pretrained now (and cached).
-fn base_network(cfg: &Config, sampler: &Sampler, device: &Device, obs: &mut dyn Observer) -> Result<(Mlp, String), JobError> {
+fn base_network(
+    cfg: &Config,
+    sampler: &Sampler,
+    device: &Device,
+    obs: &mut dyn Observer,
+) -> Result<(Mlp, String), JobError> {
     let fresh = sampler.new_net(device);
     if !cfg.model.base.is_empty() {
         let path = PathBuf::from(&cfg.model.base);
@@ -119,7 +124,8 @@ pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, 
     cfg.validate()?;
     let t0 = Instant::now();
     std::fs::create_dir_all(out).map_err(|e| dir_err(out, e))?;
-    let write = |name: &str, text: String| std::fs::write(out.join(name), text).map_err(|e| dir_err(&out.join(name), e));
+    let write =
+        |name: &str, text: String| std::fs::write(out.join(name), text).map_err(|e| dir_err(&out.join(name), e));
     write("config.json", serde_json::to_string_pretty(cfg).expect("config serialises"))?;
     let device = Device::flex();
     let sampler = Sampler { family: cfg.model.family, steps: cfg.model.sample_steps };
@@ -130,8 +136,13 @@ pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, 
     let base_x = eval.samples(&sampler, &base);
     let base_scores = eval.score(&base_x, &eval.target);
     let base_vs_data = eval.score(&base_x, &eval.data);
-    tracing::info!(kl_to_data = base_vs_data.kl, kl = base_scores.kl, mmd2 = base_scores.mmd2,
-        reward = base_scores.reward_mean, "base generator against the tilted target");
+    tracing::info!(
+        kl_to_data = base_vs_data.kl,
+        kl = base_scores.kl,
+        mmd2 = base_scores.mmd2,
+        reward = base_scores.reward_mean,
+        "base generator against the tilted target"
+    );
 
     let t_align = Instant::now();
     let mut aligner = Aligner::new(cfg, sampler, &base, &device);

@@ -2,6 +2,7 @@
 //! It talks to other processes only through `fav_comm::Collective`.
 
 pub mod align;
+pub mod bench;
 pub mod config;
 pub mod eval;
 pub mod generators;

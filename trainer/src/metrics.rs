@@ -122,10 +122,7 @@ pub fn median_sigma(x: &[f32], y: &[f32], seed: u64) -> f64 {
 fn mean_kernel(a: &[f64], b: &[f64], sigma: f64) -> f64 {
     let g = -1.0 / (2.0 * sigma * sigma);
     let nb = b.len() / 2;
-    let s: f64 = a
-        .par_chunks_exact(2)
-        .map(|p| b.chunks_exact(2).map(|q| (g * dist2(p, q)).exp()).sum::<f64>())
-        .sum();
+    let s: f64 = a.par_chunks_exact(2).map(|p| b.chunks_exact(2).map(|q| (g * dist2(p, q)).exp()).sum::<f64>()).sum();
     s / ((a.len() / 2) as f64 * nb as f64)
 }
 

@@ -10,7 +10,8 @@ const EXTENT: f32 = 4.5;
 
 /// Perceptually ordered dark-to-bright ramp (an inferno-like map).
 fn colour(v: f32) -> Rgb<u8> {
-    const STOPS: [[f32; 3]; 5] = [[0.0, 0.0, 4.0], [87.0, 16.0, 110.0], [188.0, 55.0, 84.0], [249.0, 142.0, 9.0], [252.0, 255.0, 164.0]];
+    const STOPS: [[f32; 3]; 5] =
+        [[0.0, 0.0, 4.0], [87.0, 16.0, 110.0], [188.0, 55.0, 84.0], [249.0, 142.0, 9.0], [252.0, 255.0, 164.0]];
     let v = v.clamp(0.0, 1.0) * (STOPS.len() - 1) as f32;
     let i = (v.floor() as usize).min(STOPS.len() - 2);
     let f = v - i as f32;

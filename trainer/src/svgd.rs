@@ -208,13 +208,7 @@ pub fn total_score(x_rows: &Tensor<2>, y_all: &Tensor<2>, g_rows: &Tensor<2>, cf
 
 /// §3.2–§3.5 — SVGD velocity of `x_rows` against the gathered set `x_all` with total scores
 /// `u_all`. `n_global` is the global particle count of the group (the driving normaliser).
-pub fn velocity(
-    x_rows: &Tensor<2>,
-    x_all: &Tensor<2>,
-    u_all: &Tensor<2>,
-    n_global: usize,
-    cfg: &FieldConfig,
-) -> Field {
+pub fn velocity(x_rows: &Tensor<2>, x_all: &Tensor<2>, u_all: &Tensor<2>, n_global: usize, cfg: &FieldConfig) -> Field {
     let x_sq = row_sq_norms(x_all);
     let inv_n = 1.0 / n_global as f64;
     let rows = tile_rows(x_rows.dims()[0], x_all.dims()[0], cfg.tile_elems);

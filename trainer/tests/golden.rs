@@ -17,8 +17,8 @@ fn load() -> Value {
     let path = golden_path();
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read golden file {} (set SVGD_GOLDEN): {e}", path.display()));
-    let v: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("golden file {} is not valid JSON: {e}", path.display()));
+    let v: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("golden file {} is not valid JSON: {e}", path.display()));
     for key in ["tolerance", "cases"] {
         assert!(v.get(key).is_some(), "golden file {} is malformed: no top-level `{key}`", path.display());
     }
@@ -80,7 +80,11 @@ fn check_scalar(got: f64, want: f64, tol: &Tol, ctx: &str) -> f64 {
     let allow = tol.rtol * want.abs();
     let err = (got - want).abs();
     assert!(err <= allow, "{ctx}: got {got}, want {want} (|err| {err:.3e} > {allow:.3e})");
-    if allow > 0.0 { err / allow } else { 0.0 }
+    if allow > 0.0 {
+        err / allow
+    } else {
+        0.0
+    }
 }
 
 fn cfg_of(inputs: &Value, clamp: KdeClamp, repulsion: Repulsion, tile_elems: usize, ctx: &str) -> FieldConfig {
@@ -144,7 +148,12 @@ fn run_case(case: &Value, tol: &Tol, dev: &Device, tile_elems: usize) -> f64 {
     if !toy.is_null() {
         let cfg3 = FieldConfig { kde_clamp: KdeClamp::Toy, ..cfg.clone() };
         let s = svgd::total_score(&x, &y, &g, &cfg3);
-        worst = worst.max(check(&svgd::to_vec(&s.prior), &mat(toy, "toy").0, tol, &format!("{name}.prior_score_toy_clamp")));
+        worst = worst.max(check(
+            &svgd::to_vec(&s.prior),
+            &mat(toy, "toy").0,
+            tol,
+            &format!("{name}.prior_score_toy_clamp"),
+        ));
     } else {
         assert!(cfg.temps_kde.len() != 1, "{name}: toy clamp missing for a single temperature");
     }
@@ -255,7 +264,72 @@ fn golden_svgd_all_cases() {
         // Untiled (one block) and tiled (a few kernel entries per tile) must both match.
         for tile_elems in [usize::MAX / 2, 7] {
             let worst = run_case(case, &tol, &dev, tile_elems);
-            eprintln!("{:32} tile {:>20}: worst error / allowance = {worst:.3}", case["name"].as_str().unwrap_or("?"), tile_elems);
+            eprintln!(
+                "{:32} tile {:>20}: worst error / allowance = {worst:.3}",
+                case["name"].as_str().unwrap_or("?"),
+                tile_elems
+            );
         }
     }
+}
+
+#[test]
+fn golden_toy_energy() {
+    use fav_trainer::reward::Reward;
+    let v = load();
+    let tol = tolerance(&v);
+    let dev = Device::flex();
+    let e = field(&v, "toy_energy_checks", "top level");
+    let x = tensor(field(e, "points", "toy_energy_checks"), "points", &dev);
+    let reward = fav_trainer::toy::ClusterReward::new(&dev);
+    let (r, grad_r) = reward.value_and_grad_r(&x);
+    check(&svgd::to_vec(&r), &f64s(field(e, "r", "toy_energy_checks"), "r"), &tol, "toy.r");
+    check(&svgd::to_vec(&reward.value(&x)), &f64s(field(e, "r", "toy_energy_checks"), "r"), &tol, "toy.value");
+    check(&svgd::to_vec(&grad_r), &mat(field(e, "grad_r", "toy"), "grad_r").0, &tol, "toy.grad_r");
+    check(&svgd::to_vec(&reward.grad(&x)), &mat(field(e, "grad_log_r", "toy"), "grad_log_r").0, &tol, "toy.grad_log_r");
+}
+
+#[test]
+fn golden_mmd() {
+    let v = load();
+    let tol = tolerance(&v);
+    let checks = field(&v, "mmd_checks", "top level").as_array().expect("mmd_checks is a list");
+    assert!(!checks.is_empty());
+    for (i, c) in checks.iter().enumerate() {
+        let ctx = format!("mmd_checks[{i}]");
+        let pts = |k: &str| -> Vec<f32> { mat(field(c, k, &ctx), k).0.iter().map(|&v| v as f32).collect() };
+        let (x, y) = (pts("x"), pts("y"));
+        let sigma = fav_trainer::metrics::median_sigma(&x, &y, 0);
+        let want_sigma = field(c, "sigma_median_heuristic", &ctx).as_f64().unwrap();
+        check_scalar(sigma, want_sigma, &tol, &format!("{ctx}.sigma"));
+        let mmd = fav_trainer::metrics::mmd2(&x, &y, 0);
+        check_scalar(mmd, field(c, "mmd2", &ctx).as_f64().unwrap(), &tol, &format!("{ctx}.mmd2"));
+        let m1 = fav_trainer::metrics::mmd2_with_sigma(&x, &y, 1.0);
+        check_scalar(m1, field(c, "mmd2_sigma_1", &ctx).as_f64().unwrap(), &tol, &format!("{ctx}.mmd2_sigma_1"));
+    }
+}
+
+#[test]
+fn missing_or_malformed_golden_file_fails_clearly() {
+    // The loader's messages are what a user sees when SVGD_GOLDEN points at a bad file.
+    let dir = std::env::temp_dir().join(format!("fav-golden-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"cases\": [").unwrap();
+    let err = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["golden_svgd_all_cases", "--exact", "--nocapture"])
+        .env("SVGD_GOLDEN", &bad)
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    let text = String::from_utf8_lossy(&err.stdout).to_string() + &String::from_utf8_lossy(&err.stderr);
+    assert!(text.contains("is not valid JSON") && text.contains("bad.json"), "{text}");
+    let missing = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["golden_svgd_all_cases", "--exact", "--nocapture"])
+        .env("SVGD_GOLDEN", dir.join("absent.json"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let text = String::from_utf8_lossy(&missing.stdout).to_string() + &String::from_utf8_lossy(&missing.stderr);
+    assert!(text.contains("cannot read golden file") && text.contains("absent.json"), "{text}");
 }

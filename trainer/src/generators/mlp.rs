@@ -2,7 +2,10 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{activation::{sigmoid, silu}, Device, Tensor};
+use burn::tensor::{
+    activation::{sigmoid, silu},
+    Device, Tensor,
+};
 
 #[derive(Module, Debug)]
 pub struct Mlp {

@@ -1,0 +1,85 @@
+//! What a person sees while a job runs: a progress bar on a terminal (rank 0), plain periodic
+//! log lines otherwise.
+
+use fav_trainer::job::{EvalRecord, Observer};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+pub struct Reporter {
+    bar: Option<ProgressBar>,
+    tty: bool,
+    phase: String,
+    total: usize,
+    last_line: Instant,
+    started: Instant,
+}
+
+impl Reporter {
+    pub fn new(show: bool) -> Self {
+        Self {
+            bar: None,
+            tty: show && std::io::stderr().is_terminal(),
+            phase: String::new(),
+            total: 0,
+            last_line: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+}
+
+const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+impl Observer for Reporter {
+    fn phase(&mut self, name: &str, total: usize) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        self.phase = name.to_string();
+        self.total = total;
+        self.started = Instant::now();
+        if self.tty {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix:>9} [{bar:32}] {pos}/{len} {per_sec} eta {eta} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(name.to_string());
+            self.bar = Some(bar);
+        }
+    }
+
+    fn progress(&mut self, done: usize, loss: f64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+            b.set_message(format!("loss {loss:.3e}"));
+        } else if self.last_line.elapsed() >= PLAIN_EVERY || done == self.total {
+            self.last_line = Instant::now();
+            let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            let eta = (self.total - done) as f64 / rate.max(1e-9);
+            tracing::info!(phase = %self.phase, step = done, total = self.total, loss, steps_per_s = format!("{rate:.1}"), eta_s = format!("{eta:.0}"), "progress");
+        }
+    }
+
+    fn eval(&mut self, r: &EvalRecord) {
+        let line = format!(
+            "step {:>6}  kl {:.4}  mmd2 {:.5}  reward {:.4}  loss {:.3e}",
+            r.step, r.kl, r.mmd2, r.reward_mean, r.loss
+        );
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => {
+                tracing::info!(step = r.step, kl = r.kl, mmd2 = r.mmd2, reward = r.reward_mean, loss = r.loss, "eval")
+            }
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The `fav` binary as a user runs it: outputs of a short job, and refusals of bad input that
+//! name the offending file or key before any work starts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fav() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fav"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fav-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A short but real job: 150 pretraining steps, 40 FAV steps; every output is there and parses.
+#[test]
+fn short_job_writes_the_run_directory() {
+    let d = tmp("short");
+    let out = d.join("run");
+    let st = fav()
+        .args(["train"])
+        .arg(examples().join("toy-vae.toml"))
+        .args(["--set", "pretrain.steps=150", "--set", "pretrain.eval_every=75", "--set", "steps=40"])
+        .args(["--set", "eval.every=20", "--set", "eval.samples=1024", "--set", "fav.ref_pool=20000"])
+        .arg("--set")
+        .arg(format!("pretrain.cache_dir={}", d.join("cache").display()))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "fav train failed: {}", String::from_utf8_lossy(&st.stderr));
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![20, 40]);
+    for l in &lines {
+        for k in ["loss", "kl", "mmd2", "reward_mean", "wall_s"] {
+            assert!(l[k].as_f64().is_some_and(f64::is_finite), "metrics.jsonl field {k}: {l}");
+        }
+    }
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for part in ["base", "final"] {
+        for k in ["kl", "mmd2", "reward_mean"] {
+            assert!(s[part][k].as_f64().is_some_and(f64::is_finite), "summary {part}.{k}: {s}");
+        }
+    }
+    assert_eq!(s["steps"], 40);
+    assert_eq!(s["seed"], 0);
+    assert!(s["wall_s"].as_f64().unwrap() > 0.0);
+    // Weights by module path, loadable by any safetensors reader.
+    let bytes = std::fs::read(out.join("final.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names.len(), 8, "{names:?}");
+    assert!(names.contains(&"layers.0.weight".to_string()), "{names:?}");
+    assert_eq!(st.tensor("layers.0.weight").unwrap().shape(), &[8, 256]);
+    let png = std::fs::read(out.join("samples.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+
+    // The pretrained base was cached: a second run finds it instead of pretraining.
+    let again = fav()
+        .args(["train"])
+        .arg(examples().join("toy-vae.toml"))
+        .args(["--set", "pretrain.steps=150", "--set", "pretrain.eval_every=75", "--set", "steps=1"])
+        .args(["--set", "eval.every=1", "--set", "eval.samples=1024", "--set", "fav.ref_pool=2000"])
+        .arg("--set")
+        .arg(format!("pretrain.cache_dir={}", d.join("cache").display()))
+        .arg("--out")
+        .arg(d.join("run2"))
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("using cached base generator") && !err.contains("pretraining the base"), "{err}");
+}
+
+fn refused(args: &[&str], must_name: &str) {
+    let out = fav().args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "expected refusal for {args:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(must_name), "error for {args:?} must name {must_name:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_is_refused_naming_it() {
+    let d = tmp("bad");
+    let broken = d.join("broken.toml");
+    std::fs::write(&broken, "seed = 0\n[fav\nbeta = 1").unwrap();
+    let unknown = d.join("unknown.toml");
+    std::fs::write(&unknown, "seed = 0\n[fav]\nbetta = 1.0\n").unwrap();
+    let wrong = d.join("wrong.toml");
+    std::fs::write(&wrong, "[model]\nfamily = \"gan\"\n").unwrap();
+    let missing_base = d.join("nobase.toml");
+    std::fs::write(&missing_base, "steps = 1\n[model]\nbase = \"/nonexistent/base.safetensors\"\n").unwrap();
+    let s = |p: &Path| p.display().to_string();
+    refused(&["train", &s(&d.join("absent.toml"))], "absent.toml");
+    refused(&["train", &s(&broken)], "broken.toml");
+    refused(&["train", &s(&unknown)], "betta");
+    refused(&["train", &s(&wrong)], "model.family");
+    refused(&["train", "--set", "steps=-3"], "steps");
+    refused(&["train", "--set", "fav.beta=-1"], "fav.beta");
+    refused(&["train", "--set", "eval.every=0"], "eval.every");
+    refused(&["train", "--set", "nokey"], "nokey");
+    refused(&["train", &s(&missing_base), "--out", &s(&d.join("r"))], "/nonexistent/base.safetensors");
+}

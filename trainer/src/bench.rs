@@ -1,0 +1,140 @@
+//! Benchmarks behind `fav bench`: the toy FAV step and the transport-field throughput, each
+//! against the machine's own limit measured in the same run (GEMM of the same engine).
+
+use crate::align::Aligner;
+use crate::config::Config;
+use crate::generators::Sampler;
+use crate::noise::{self, Stream};
+use crate::svgd::{self, FieldConfig, KdeClamp, Repulsion};
+use burn::tensor::{Device, Tensor};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Serialize)]
+pub struct Timing {
+    pub median_s: f64,
+    pub min_s: f64,
+    pub runs: usize,
+}
+
+/// Median and minimum of `runs` timed calls after `warmup` untimed ones; `f` must block until
+/// its work is done (read a value back).
+pub fn time(warmup: usize, runs: usize, mut f: impl FnMut()) -> Timing {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    Timing { median_s: t[t.len() / 2], min_s: t[0], runs }
+}
+
+fn random(rows: usize, cols: usize, key: u64, scale: f32, device: &Device) -> Tensor<2> {
+    let mut r = noise::rng(0, Stream::Eval, key);
+    let v = noise::normal_block(&mut r, rows, cols).into_iter().map(|x| x * scale).collect();
+    svgd::matrix(v, rows, cols, device)
+}
+
+fn block(t: &Tensor<2>) {
+    let _ = t.clone().slice_dim(0, 0..1).slice_dim(1, 0..1).into_scalar::<f32>();
+}
+
+#[derive(Debug, Serialize)]
+pub struct FieldBench {
+    pub n: usize,
+    pub m: usize,
+    pub d: usize,
+    pub field: Timing,
+    /// GEMM-equivalent work of the field: five N×M×D products (X·Yᵀ, K·Y, X·Xᵀ, K·X, K·U).
+    pub field_gflop: f64,
+    pub field_gflops: f64,
+    pub gemm: Timing,
+    pub gemm_gflops: f64,
+    pub fraction_of_gemm: f64,
+}
+
+/// The transport field (total score + velocity) for N = M particles of dimension D, against one
+/// `[N, D] × [D, M]` GEMM on the same device.
+pub fn field(n: usize, d: usize, runs: usize, device: &Device) -> FieldBench {
+    // Unit-norm-ish features with τ = 0.3, like the image settings.
+    let scale = (1.0 / d as f32).sqrt();
+    let x = random(n, d, 1, scale, device);
+    let y = random(n, d, 2, scale, device);
+    let g = random(n, d, 3, 1.0, device);
+    let cfg = FieldConfig {
+        beta: 1.0,
+        temps_kde: vec![0.3],
+        temps_stein: vec![0.3],
+        kde_clamp: KdeClamp::Image,
+        repulsion: Repulsion::OneSided,
+        tile_elems: 1 << 22,
+    };
+    let field = time(1, runs, || block(&svgd::transport(&x, &y, &g, &cfg).field.velocity));
+    let yt = y.clone().transpose();
+    let gemm = time(1, runs, || block(&x.clone().matmul(yt.clone())));
+    let one = 2.0 * (n * n * d) as f64 / 1e9;
+    let field_gflop = 5.0 * one;
+    let field_gflops = field_gflop / field.median_s;
+    let gemm_gflops = one / gemm.median_s;
+    FieldBench {
+        n,
+        m: n,
+        d,
+        field,
+        field_gflop,
+        field_gflops,
+        gemm,
+        gemm_gflops,
+        fraction_of_gemm: field_gflops / gemm_gflops,
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepBench {
+    pub family: String,
+    pub batch: usize,
+    pub step: Timing,
+    /// Parts of one step, timed separately on the same inputs.
+    pub generate_s: f64,
+    pub field_s: f64,
+}
+
+/// One toy FAV step at the config's batch, from a freshly initialised generator (the step's cost
+/// does not depend on the weights).
+pub fn toy_step(cfg: &Config, runs: usize, device: &Device) -> StepBench {
+    let sampler = Sampler { family: cfg.model.family, steps: cfg.model.sample_steps };
+    let net = sampler.new_net(device);
+    let mut small = cfg.clone();
+    small.fav.ref_pool = small.fav.ref_pool.min(20_000);
+    let mut aligner = Aligner::new(&small, sampler, &net, device);
+    let mut k = 0;
+    let step = time(3, runs, || {
+        aligner.step(k);
+        k += 1;
+    });
+    let z = svgd::matrix(
+        noise::normal_rows(0, Stream::Particle, 0..cfg.fav.batch as u64, sampler.noise_dim()),
+        cfg.fav.batch,
+        sampler.noise_dim(),
+        device,
+    );
+    let plain = aligner.plain();
+    let generate = time(2, runs, || block(&sampler.generate(&plain, z.clone())));
+    let x = sampler.generate(&plain, z.clone());
+    let y = random(cfg.fav.ref_batch, 2, 5, 2.0, device);
+    let g = random(cfg.fav.batch, 2, 6, 1.0, device);
+    let field_cfg = cfg.field();
+    let field = time(2, runs, || block(&svgd::transport(&x, &y, &g, &field_cfg).grad));
+    StepBench {
+        family: format!("{:?}", cfg.model.family).to_lowercase(),
+        batch: cfg.fav.batch,
+        step,
+        generate_s: generate.median_s,
+        field_s: field.median_s,
+    }
+}
