@@ -73,6 +73,7 @@ pub fn field(n: usize, d: usize, runs: usize, device: &Device) -> FieldBench {
         kde_clamp: KdeClamp::Image,
         repulsion: Repulsion::OneSided,
         tile_elems: 1 << 22,
+        engine: Default::default(),
     };
     let field = time(1, runs, || block(&svgd::transport(&x, &y, &g, &cfg).field.velocity));
     let yt = y.clone().transpose();

@@ -202,6 +202,7 @@ impl Config {
             kde_clamp: f.kde_clamp,
             repulsion: f.repulsion,
             tile_elems: f.tile_elems,
+            engine: Default::default(),
         }
     }
 }

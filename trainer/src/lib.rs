@@ -14,4 +14,5 @@ pub mod plot;
 pub mod pretrain;
 pub mod reward;
 pub mod svgd;
+pub mod svgd_host;
 pub mod toy;

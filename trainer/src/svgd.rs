@@ -6,6 +6,7 @@
 //! All work is tensor ops (it runs on any burn device) and is tiled over rows so that no N×M
 //! kernel matrix is ever held at once: a tile holds at most `tile_elems` kernel entries.
 
+use crate::svgd_host;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,38 @@ impl Repulsion {
     }
 }
 
+/// Which implementation evaluates the field. Both compute the same formulas and are checked
+/// against the same golden vectors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// The fused host kernel for low-dimensional particles on a CPU device, tensor ops otherwise.
+    #[default]
+    Auto,
+    /// Tiled tensor ops on the particles' device (any burn backend, CUDA included).
+    Tensor,
+    /// The fused host kernel ([`crate::svgd_host`]).
+    Host,
+}
+
+/// The fused host kernel wins while a row's distances are cheap relative to its kernel sums.
+const HOST_MAX_D: usize = 8;
+
+impl Engine {
+    fn host(self, x: &Tensor<2>) -> bool {
+        match self {
+            Engine::Auto => {
+                x.dims()[1] <= HOST_MAX_D && {
+                    let dev = x.device().without_autodiff();
+                    dev == Device::flex()
+                }
+            }
+            Engine::Tensor => false,
+            Engine::Host => true,
+        }
+    }
+}
+
 /// Everything that shapes the transport field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FieldConfig {
@@ -53,9 +86,16 @@ pub struct FieldConfig {
     pub repulsion: Repulsion,
     /// Upper bound on kernel entries materialised at once (rows per tile = this / columns).
     pub tile_elems: usize,
+    #[serde(default)]
+    pub engine: Engine,
 }
 
 impl FieldConfig {
+    /// 1 for one-sided, 2 for two-sided repulsion (§3.3).
+    pub fn repulsion_factor(&self) -> f64 {
+        self.repulsion.factor()
+    }
+
     /// Checks the invariants the formulas need; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
         if !self.beta.is_finite() || self.beta < 0.0 {
@@ -167,6 +207,12 @@ pub fn row_sq_norms(b: &Tensor<2>) -> Tensor<2> {
 /// §2.3 / §2.4 — prior score of `x_rows` from the reference set `y_all`, and the total score
 /// `u = s + β g` (§0 step 2). `g_rows` is the reward gradient at the same rows.
 pub fn total_score(x_rows: &Tensor<2>, y_all: &Tensor<2>, g_rows: &Tensor<2>, cfg: &FieldConfig) -> Score {
+    if cfg.engine.host(x_rows) {
+        let [n, d] = x_rows.dims();
+        let dev = x_rows.device();
+        let (p, t, z) = svgd_host::total_score(&to_vec(x_rows), &to_vec(y_all), &to_vec(g_rows), d, cfg);
+        return Score { prior: matrix(p, n, d, &dev), total: matrix(t, n, d, &dev), normalizer: matrix(z, n, 1, &dev) };
+    }
     let y_sq = row_sq_norms(y_all);
     let rows = tile_rows(x_rows.dims()[0], y_all.dims()[0], cfg.tile_elems);
     let [prior, normalizer] = map_row_tiles(x_rows, rows, |x| {
@@ -209,6 +255,14 @@ pub fn total_score(x_rows: &Tensor<2>, y_all: &Tensor<2>, g_rows: &Tensor<2>, cf
 /// §3.2–§3.5 — SVGD velocity of `x_rows` against the gathered set `x_all` with total scores
 /// `u_all`. `n_global` is the global particle count of the group (the driving normaliser).
 pub fn velocity(x_rows: &Tensor<2>, x_all: &Tensor<2>, u_all: &Tensor<2>, n_global: usize, cfg: &FieldConfig) -> Field {
+    if cfg.engine.host(x_rows) {
+        let [n, d] = x_rows.dims();
+        let dev = x_rows.device();
+        let (dr, rp) = svgd_host::velocity(&to_vec(x_rows), &to_vec(x_all), &to_vec(u_all), d, n_global, cfg);
+        let (driving, repulsive) = (matrix(dr, n, d, &dev), matrix(rp, n, d, &dev));
+        let velocity = driving.clone() + repulsive.clone();
+        return Field { driving, repulsive, velocity };
+    }
     let x_sq = row_sq_norms(x_all);
     let inv_n = 1.0 / n_global as f64;
     let rows = tile_rows(x_rows.dims()[0], x_all.dims()[0], cfg.tile_elems);

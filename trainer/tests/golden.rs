@@ -2,7 +2,7 @@
 //! tolerance. `SVGD_GOLDEN` names another file of the same schema.
 
 use burn::tensor::{Device, Tensor};
-use fav_trainer::svgd::{self, FieldConfig, KdeClamp, Repulsion};
+use fav_trainer::svgd::{self, Engine, FieldConfig, KdeClamp, Repulsion};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -87,7 +87,7 @@ fn check_scalar(got: f64, want: f64, tol: &Tol, ctx: &str) -> f64 {
     }
 }
 
-fn cfg_of(inputs: &Value, clamp: KdeClamp, repulsion: Repulsion, tile_elems: usize, ctx: &str) -> FieldConfig {
+fn cfg_of(inputs: &Value, clamp: KdeClamp, repulsion: Repulsion, engine: Engine, tile_elems: usize, ctx: &str) -> FieldConfig {
     FieldConfig {
         beta: field(inputs, "beta", ctx).as_f64().expect("beta"),
         temps_kde: f64s(field(inputs, "temps_kde", ctx), ctx),
@@ -95,10 +95,11 @@ fn cfg_of(inputs: &Value, clamp: KdeClamp, repulsion: Repulsion, tile_elems: usi
         kde_clamp: clamp,
         repulsion,
         tile_elems,
+        engine,
     }
 }
 
-fn run_case(case: &Value, tol: &Tol, dev: &Device, tile_elems: usize) -> f64 {
+fn run_case(case: &Value, tol: &Tol, dev: &Device, engine: Engine, tile_elems: usize) -> f64 {
     let name = field(case, "name", "case").as_str().unwrap_or("?").to_string();
     let inputs = field(case, "inputs", &name);
     let outputs = field(case, "outputs", &name);
@@ -110,7 +111,7 @@ fn run_case(case: &Value, tol: &Tol, dev: &Device, tile_elems: usize) -> f64 {
     let mut worst = 0.0f64;
 
     // Canonical conventions: image clamp, one-sided repulsion.
-    let cfg = cfg_of(inputs, KdeClamp::Image, Repulsion::OneSided, tile_elems, &name);
+    let cfg = cfg_of(inputs, KdeClamp::Image, Repulsion::OneSided, engine, tile_elems, &name);
     let step = svgd::transport(&x, &y, &g, &cfg);
     for (k, t) in [
         ("prior_score", &step.score.prior),
@@ -261,11 +262,12 @@ fn golden_svgd_all_cases() {
     let cases = field(&v, "cases", "top level").as_array().expect("cases is a list");
     assert!(!cases.is_empty(), "golden file lists no case");
     for case in cases {
-        // Untiled (one block) and tiled (a few kernel entries per tile) must both match.
-        for tile_elems in [usize::MAX / 2, 7] {
-            let worst = run_case(case, &tol, &dev, tile_elems);
+        // Tensor ops untiled (one block) and tiled (a few kernel entries per tile), and the
+        // fused host kernel, must all match.
+        for (engine, tile_elems) in [(Engine::Tensor, usize::MAX / 2), (Engine::Tensor, 7), (Engine::Host, 7)] {
+            let worst = run_case(case, &tol, &dev, engine, tile_elems);
             eprintln!(
-                "{:32} tile {:>20}: worst error / allowance = {worst:.3}",
+                "{:32} {engine:?} tile {:>20}: worst error / allowance = {worst:.3}",
                 case["name"].as_str().unwrap_or("?"),
                 tile_elems
             );
