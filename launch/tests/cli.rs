@@ -84,6 +84,39 @@ fn short_job_writes_the_run_directory() {
     assert!(again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("using cached base generator") && !err.contains("pretraining the base"), "{err}");
+
+    // Same config and seed: bit-identical weights and metrics; another seed: different weights.
+    let rerun = |seed: u64, dir: &str| {
+        let o = fav()
+            .args(["train"])
+            .arg(examples().join("toy-vae.toml"))
+            .args(["--set", "pretrain.steps=150", "--set", "pretrain.eval_every=75", "--set", "steps=10"])
+            .args(["--set", "eval.every=5", "--set", "eval.samples=1024", "--set", "fav.ref_pool=4000"])
+            .args(["--set", &format!("seed={seed}")])
+            .arg("--set")
+            .arg(format!("pretrain.cache_dir={}", d.join("cache").display()))
+            .arg("--out")
+            .arg(d.join(dir))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let w = std::fs::read(d.join(dir).join("final.safetensors")).unwrap();
+        let m: Vec<String> = std::fs::read_to_string(d.join(dir).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("wall_s");
+                v.to_string()
+            })
+            .collect();
+        (w, m)
+    };
+    let (a, b) = (rerun(0, "det-a"), rerun(0, "det-b"));
+    assert!(a.0 == b.0, "same seed gave different final.safetensors");
+    assert_eq!(a.1, b.1, "same seed gave different metrics");
+    let c = rerun(5, "det-c");
+    assert!(a.0 != c.0, "a different seed gave identical weights");
 }
 
 fn refused(args: &[&str], must_name: &str) {
@@ -114,5 +147,8 @@ fn bad_input_is_refused_naming_it() {
     refused(&["train", "--set", "fav.beta=-1"], "fav.beta");
     refused(&["train", "--set", "eval.every=0"], "eval.every");
     refused(&["train", "--set", "nokey"], "nokey");
+    refused(&["train", "--set", "device=tpu"], "device");
+    #[cfg(not(feature = "cuda"))]
+    refused(&["train", "--set", "device=cuda"], "--features cuda");
     refused(&["train", &s(&missing_base), "--out", &s(&d.join("r"))], "/nonexistent/base.safetensors");
 }

@@ -3,6 +3,7 @@
 
 use crate::generators::Family;
 use crate::svgd::{FieldConfig, KdeClamp, Repulsion};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -12,6 +13,8 @@ pub struct Config {
     pub seed: u64,
     /// Alignment (FAV) steps.
     pub steps: usize,
+    /// `cpu` (default), or `cuda` / `cuda:N` in a build with the `cuda` feature.
+    pub device: String,
     pub model: ModelConfig,
     pub pretrain: PretrainConfig,
     pub fav: FavConfig,
@@ -76,6 +79,7 @@ impl Default for Config {
         Self {
             seed: 0,
             steps: 1500,
+            device: "cpu".into(),
             model: ModelConfig::default(),
             pretrain: PretrainConfig::default(),
             fav: FavConfig::default(),
@@ -186,11 +190,28 @@ impl Config {
                 .unwrap_or("temps_kde");
             err(&format!("fav.{key}"), e)
         })?;
+        self.burn_device()?;
         positive("eval.every", self.eval.every)?;
         if self.eval.samples < 2 {
             return Err(err("eval.samples", "must be ≥ 2"));
         }
         Ok(())
+    }
+
+    /// The burn device named by `device`.
+    pub fn burn_device(&self) -> Result<Device, ConfigError> {
+        let bad = || err("device", format!("expected \"cpu\", \"cuda\" or \"cuda:N\", got {:?}", self.device));
+        match self.device.as_str() {
+            "cpu" => Ok(Device::flex()),
+            s if s == "cuda" || s.starts_with("cuda:") => {
+                let index: usize = match s.strip_prefix("cuda:") {
+                    Some(i) => i.parse().map_err(|_| bad())?,
+                    None => 0,
+                };
+                cuda_device(index)
+            }
+            _ => Err(bad()),
+        }
     }
 
     pub fn field(&self) -> FieldConfig {
@@ -205,4 +226,14 @@ impl Config {
             engine: Default::default(),
         }
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(index: usize) -> Result<Device, ConfigError> {
+    Ok(Device::cuda(index))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_index: usize) -> Result<Device, ConfigError> {
+    Err(err("device", "this fav was built without CUDA; rebuild with `--features cuda`"))
 }

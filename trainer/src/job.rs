@@ -127,7 +127,7 @@ pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, 
     let write =
         |name: &str, text: String| std::fs::write(out.join(name), text).map_err(|e| dir_err(&out.join(name), e));
     write("config.json", serde_json::to_string_pretty(cfg).expect("config serialises"))?;
-    let device = Device::flex();
+    let device = cfg.burn_device()?;
     let sampler = Sampler { family: cfg.model.family, steps: cfg.model.sample_steps };
 
     let (base, base_path) = base_network(cfg, &sampler, &device, obs)?;
@@ -174,8 +174,12 @@ pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, 
     let aligned = aligner.plain();
     io::save(&aligned, &out.join("final.safetensors"))?;
     let final_x = eval.samples(&sampler, &aligned);
-    plot::density_panels(&[&base_x, &final_x, &eval.target], &toy::centres(), &out.join("samples.png"))
-        .map_err(|e| dir_err(&out.join("samples.png"), e))?;
+    plot::density_panels(
+        &[("BASE", &base_x), ("ALIGNED", &final_x), ("TARGET", &eval.target)],
+        &toy::centres(),
+        &out.join("samples.png"),
+    )
+    .map_err(|e| dir_err(&out.join("samples.png"), e))?;
     let summary = Summary {
         base: base_scores,
         final_: last,

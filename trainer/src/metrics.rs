@@ -122,7 +122,10 @@ pub fn median_sigma(x: &[f32], y: &[f32], seed: u64) -> f64 {
 fn mean_kernel(a: &[f64], b: &[f64], sigma: f64) -> f64 {
     let g = -1.0 / (2.0 * sigma * sigma);
     let nb = b.len() / 2;
-    let s: f64 = a.par_chunks_exact(2).map(|p| b.chunks_exact(2).map(|q| (g * dist2(p, q)).exp()).sum::<f64>()).sum();
+    // Per-row sums in parallel, then a fixed-order total: the same bits on every run.
+    let rows: Vec<f64> =
+        a.par_chunks_exact(2).map(|p| b.chunks_exact(2).map(|q| (g * dist2(p, q)).exp()).sum::<f64>()).collect();
+    let s: f64 = rows.iter().sum();
     s / ((a.len() / 2) as f64 * nb as f64)
 }
 

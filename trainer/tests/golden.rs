@@ -87,7 +87,14 @@ fn check_scalar(got: f64, want: f64, tol: &Tol, ctx: &str) -> f64 {
     }
 }
 
-fn cfg_of(inputs: &Value, clamp: KdeClamp, repulsion: Repulsion, engine: Engine, tile_elems: usize, ctx: &str) -> FieldConfig {
+fn cfg_of(
+    inputs: &Value,
+    clamp: KdeClamp,
+    repulsion: Repulsion,
+    engine: Engine,
+    tile_elems: usize,
+    ctx: &str,
+) -> FieldConfig {
     FieldConfig {
         beta: field(inputs, "beta", ctx).as_f64().expect("beta"),
         temps_kde: f64s(field(inputs, "temps_kde", ctx), ctx),

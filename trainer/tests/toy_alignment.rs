@@ -1,0 +1,60 @@
+//! FAV on the 8-gaussians toy, end to end at a CI budget: for each generator family the aligned
+//! generator is closer to the tilted target than its base (KL and MMD² fall) and earns more
+//! reward. Runs are deterministic, so these are fixed facts of the code, not samples of luck;
+//! the margins are set well inside what the runs show (numbers in BENCHMARKS.md).
+
+use fav_trainer::config::Config;
+use fav_trainer::generators::Family;
+use fav_trainer::job::{self, Quiet, Summary};
+
+fn run(family: Family, sample_steps: usize, pretrain_steps: usize, steps: usize) -> Summary {
+    let dir = std::env::temp_dir().join(format!("fav-align-{}-{family:?}-{sample_steps}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = Config::default();
+    cfg.model.family = family;
+    cfg.model.sample_steps = sample_steps;
+    cfg.pretrain.steps = pretrain_steps;
+    cfg.pretrain.eval_every = pretrain_steps / 4;
+    cfg.pretrain.cache_dir = dir.join("cache").display().to_string();
+    if family == Family::Meanflow {
+        cfg.pretrain.lr = 3e-4;
+    }
+    cfg.steps = steps;
+    cfg.eval.every = steps;
+    cfg.eval.samples = 2048;
+    cfg.fav.ref_pool = 50_000;
+    let s = job::run(&cfg, &dir.join("run"), &mut Quiet).expect("job runs");
+    eprintln!(
+        "{family:?}/{sample_steps}: base kl {:.4} mmd2 {:.5} reward {:.4} -> final kl {:.4} mmd2 {:.5} reward {:.4} (data kl {:.4})",
+        s.base.kl,
+        s.base.mmd2,
+        s.base.reward_mean,
+        s.final_.kl,
+        s.final_.mmd2,
+        s.final_.reward_mean,
+        s.base_vs_data.kl
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    s
+}
+
+fn assert_aligned(s: &Summary) {
+    assert!(s.final_.kl < 0.9 * s.base.kl, "KL to target did not fall: {:?} -> {:?}", s.base, s.final_);
+    assert!(s.final_.mmd2 < 0.7 * s.base.mmd2, "MMD² to target did not fall: {:?} -> {:?}", s.base, s.final_);
+    assert!(s.final_.reward_mean > s.base.reward_mean + 0.03, "reward did not rise: {:?} -> {:?}", s.base, s.final_);
+}
+
+#[test]
+fn fav_aligns_the_vae() {
+    assert_aligned(&run(Family::Vae, 1, 1500, 300));
+}
+
+#[test]
+fn fav_aligns_the_drift_generator() {
+    assert_aligned(&run(Family::Drift, 1, 1500, 300));
+}
+
+#[test]
+fn fav_aligns_two_step_meanflow() {
+    assert_aligned(&run(Family::Meanflow, 2, 1500, 300));
+}
