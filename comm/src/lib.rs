@@ -1,5 +1,9 @@
-//! Collectives behind one trait. This build has the single-process implementation; MPI and
-//! NCCL implementations plug in behind the same trait (features `mpi`, `nccl`).
+//! Collectives behind one trait: [`SingleProcess`] (always), [`mpi::Mpi`] (feature `mpi`).
+//! One conformance suite ([`conformance`]) runs against every implementation.
+
+pub mod conformance;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 
 /// A failed collective: the peer, transport or argument at fault.
 #[derive(Debug, thiserror::Error)]
@@ -10,7 +14,7 @@ pub enum CommError {
 
 /// The operations the trainer needs from its peers. Buffers are flat `f32` (tensors are
 /// flattened by the caller, one call per bucket, not one per tensor).
-pub trait Collective: Send {
+pub trait Collective {
     /// This process's rank, `0..size`.
     fn rank(&self) -> usize;
     /// Number of ranks.
@@ -23,6 +27,11 @@ pub trait Collective: Send {
     fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<(), CommError>;
     /// Return once every rank has entered.
     fn barrier(&self) -> Result<(), CommError>;
+    /// End every rank of the job with `code` (a failed rank must not leave its peers waiting
+    /// in a collective).
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
 }
 
 /// World size 1: every collective is the identity.

@@ -2,6 +2,7 @@
 
 mod progress;
 mod settings;
+mod world;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -83,10 +84,25 @@ fn run(cli: Cli) -> Result<()> {
                 .and_then(|p| p.file_stem())
                 .map_or("default".to_string(), |s| s.to_string_lossy().into_owned());
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-seed{}", cfg.seed)));
-            tracing::info!(run_dir = %out.display(), family = ?cfg.model.family, steps = cfg.steps, seed = cfg.seed, "starting");
-            let mut reporter = progress::Reporter::new(true);
-            let s = fav_trainer::job::run(&cfg, &out, &mut reporter)?;
+            let (world, comm) = world::join()?;
+            let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
+            if comm.rank() == 0 {
+                tracing::info!(launcher = ?world.launcher, world_size = comm.size(), run_dir = %out.display(),
+                    family = ?cfg.model.family, steps = cfg.steps, seed = cfg.seed, "starting");
+            }
+            let mut reporter = progress::Reporter::new(comm.rank() == 0);
+            let result = fav_trainer::job::run_on(&cfg, &out, &mut reporter, comm.as_ref());
             drop(reporter);
+            let s = match result {
+                Ok(Some(s)) => s,
+                Ok(None) => return Ok(()),
+                Err(e) if comm.size() > 1 => {
+                    // Peers may be blocked in a collective: end the whole job, loudly.
+                    eprintln!("error on rank {}: {e}", comm.rank());
+                    comm.abort(1)
+                }
+                Err(e) => return Err(e.into()),
+            };
             println!(
                 "base  : kl {:.4}  mmd2 {:.5}  reward {:.4}\nfinal : kl {:.4}  mmd2 {:.5}  reward {:.4}\n{} steps in {:.1}s (pretrain {:.1}s, align {:.1}s) -> {}",
                 s.base.kl, s.base.mmd2, s.base.reward_mean, s.final_.kl, s.final_.mmd2, s.final_.reward_mean,

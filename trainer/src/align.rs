@@ -1,19 +1,25 @@
-//! FAV fine-tuning of a toy generator (spec §5, §10.3): generate, score against the frozen
-//! reference pool, move particles with the SVGD field, regress onto them, step.
+//! FAV fine-tuning of a toy generator (spec §5, §10.3) as the data-parallel step of spec §6:
+//! per condition, K particles split over G ranks by the global seed layout; all-gather the
+//! particles; each rank scores its own rows (§6.7) and all-gathers the scores; each rank moves its
+//! own rows against the global set; local loss scale m/(K·C); one SUM all-reduce of the
+//! gradients; the same optimiser step everywhere. With G = 1 this is the single-process step.
 
 use crate::config::Config;
 use crate::generators::{Mlp, Sampler};
 use crate::noise::{self, Stream};
 use crate::reward::Reward;
 use crate::svgd::{self, FieldConfig};
+use crate::sync;
 use crate::toy::ClusterReward;
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
+use fav_comm::{Collective, CommError};
 use rand::Rng;
 
-/// Samples of the frozen base generator, drawn once before alignment (§8, toy).
+/// Samples of the frozen base generator, drawn once before alignment (§8, toy). Each rank draws
+/// its share of the rows and the shares are all-gathered, so every rank holds the whole pool.
 pub struct RefPool {
     rows: Vec<f32>,
     n: usize,
@@ -22,22 +28,36 @@ pub struct RefPool {
 const POOL_CHUNK: usize = 10_000;
 
 impl RefPool {
-    pub fn draw(seed: u64, size: usize, sampler: &Sampler, base: &Mlp, device: &Device) -> Self {
-        let mut rows = Vec::with_capacity(2 * size);
-        let mut start = 0;
-        while start < size {
-            let end = (start + POOL_CHUNK).min(size);
+    pub fn draw(
+        seed: u64,
+        size: usize,
+        sampler: &Sampler,
+        base: &Mlp,
+        device: &Device,
+        comm: &dyn Collective,
+    ) -> Result<Self, CommError> {
+        let g = comm.size();
+        let share = size.div_ceil(g);
+        let (lo, hi) = ((comm.rank() * share).min(size), ((comm.rank() + 1) * share).min(size));
+        let mut mine = Vec::with_capacity(2 * share);
+        let mut start = lo;
+        while start < hi {
+            let end = (start + POOL_CHUNK).min(hi);
             let z = noise::normal_rows(seed, Stream::RefPool, start as u64..end as u64, sampler.noise_dim());
             let z = svgd::matrix(z, end - start, sampler.noise_dim(), device);
-            rows.extend(svgd::to_vec(&sampler.generate(base, z)));
+            mine.extend(svgd::to_vec(&sampler.generate(base, z)));
             start = end;
         }
-        Self { rows, n: size }
+        mine.resize(2 * share, 0.0); // equal blocks for the gather; the padding is cut below
+        let mut rows = comm.all_gather(&mine)?;
+        rows.truncate(2 * size);
+        Ok(Self { rows, n: size })
     }
 
-    /// The step's reference minibatch: `m` pool indices drawn uniformly with replacement.
-    pub fn minibatch(&self, seed: u64, step: usize, m: usize, device: &Device) -> Tensor<2> {
-        let mut r = noise::rng(seed, Stream::RefPool, (1 << 48) | step as u64);
+    /// Condition `ci`'s reference minibatch at `step`: `m` pool indices drawn uniformly with
+    /// replacement, the same on every rank.
+    pub fn minibatch(&self, seed: u64, step: usize, ci: usize, m: usize, device: &Device) -> Tensor<2> {
+        let mut r = noise::rng(seed, Stream::RefPool, (1 << 48) | ((step as u64) << 8) | ci as u64);
         let rows: Vec<f32> = (0..m)
             .flat_map(|_| {
                 let i = r.random_range(0..self.n);
@@ -48,74 +68,172 @@ impl RefPool {
     }
 }
 
-/// §6.3 seed layout for one condition: `K` reference seeds first, then `K` generator seeds.
-pub fn gen_seeds(step: usize, k: usize) -> std::ops::Range<u64> {
-    let base = (step * k * 2) as u64;
-    base + k as u64..base + 2 * k as u64
+/// How one step's particles are split: C conditions × K particles over G ranks (§6.1).
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// Particles per condition, all ranks together.
+    pub k: usize,
+    /// Conditions per step.
+    pub c: usize,
+    /// Ranks.
+    pub g: usize,
+    pub rank: usize,
+}
+
+impl Layout {
+    /// Refuses layouts that cannot be split evenly, naming the numbers.
+    pub fn new(k: usize, c: usize, g: usize, rank: usize) -> Result<Self, String> {
+        if g > k {
+            return Err(format!(
+                "{g} ranks but only fav.batch = {k} particles per condition: more ranks than particles"
+            ));
+        }
+        if k % g != 0 {
+            return Err(format!(
+                "fav.batch = {k} particles per condition cannot be split evenly over {g} ranks (K mod G = {})",
+                k % g
+            ));
+        }
+        Ok(Self { k, c, g, rank })
+    }
+
+    /// Particles this rank owns per condition.
+    pub fn own(&self) -> usize {
+        self.k / self.g
+    }
+
+    /// §6.3: this rank's generator seeds for condition `ci` at `step` — reference seeds
+    /// `pbase + [0, K)` come first, generator seeds `pbase + K + [0, K)` second, and rank r takes
+    /// elements `[r·K/G, (r+1)·K/G)`.
+    pub fn gen_seeds(&self, step: usize, ci: usize) -> std::ops::Range<u64> {
+        let base = (step * self.c * self.k * 2) as u64;
+        let pbase = base + (ci * 2 * self.k) as u64;
+        let first = pbase + self.k as u64 + (self.rank * self.own()) as u64;
+        first..first + self.own() as u64
+    }
 }
 
 /// One alignment state: the trainable network, its optimiser and the fixed pieces.
-pub struct Aligner {
+pub struct Aligner<'c> {
     pub net: Mlp,
     optim: burn::optim::ModuleOptimizer,
     sampler: Sampler,
     field: FieldConfig,
     reward: ClusterReward,
     pool: RefPool,
+    layout: Layout,
     seed: u64,
-    batch: usize,
     ref_batch: usize,
     lr: f64,
     device: Device,
+    comm: &'c dyn Collective,
 }
 
 /// What one step reports.
 pub struct StepStats {
+    /// The pseudo-loss `mean(v²)` over all particles of all conditions (all ranks).
     pub loss: f64,
 }
 
-impl Aligner {
-    pub fn new(cfg: &Config, sampler: Sampler, base: &Mlp, device: &Device) -> Self {
-        let pool = RefPool::draw(cfg.seed, cfg.fav.ref_pool, &sampler, base, device);
+#[derive(Debug, thiserror::Error)]
+pub enum AlignError {
+    #[error("{0}")]
+    Layout(String),
+    #[error(transparent)]
+    Comm(#[from] CommError),
+    #[error("cannot broadcast the base generator: {0}")]
+    Broadcast(String),
+}
+
+impl<'c> Aligner<'c> {
+    /// `base` must be the same on every rank (see [`sync::broadcast_module`]).
+    pub fn new(
+        cfg: &Config,
+        sampler: Sampler,
+        base: &Mlp,
+        device: &Device,
+        comm: &'c dyn Collective,
+    ) -> Result<Self, AlignError> {
+        let layout =
+            Layout::new(cfg.fav.batch, cfg.fav.conditions, comm.size(), comm.rank()).map_err(AlignError::Layout)?;
+        let pool = RefPool::draw(cfg.seed, cfg.fav.ref_pool, &sampler, base, device, comm)?;
         let mut adam = AdamConfig::new().with_epsilon(1e-8);
         if cfg.fav.max_grad_norm > 0.0 {
+            // Clipping acts on the optimiser's gradients, which are already the all-reduced sum.
             adam = adam.with_grad_clipping(Some(GradientClippingConfig::Norm(cfg.fav.max_grad_norm as f32)));
         }
-        Self {
+        Ok(Self {
             net: base.clone().to_device(&device.clone().autodiff()).train().set_require_grad(true),
             optim: adam.init(),
             sampler,
             field: cfg.field(),
             reward: ClusterReward::new(device),
             pool,
+            layout,
             seed: cfg.seed,
-            batch: cfg.fav.batch,
             ref_batch: cfg.fav.ref_batch,
             lr: cfg.fav.lr,
             device: device.clone(),
-        }
+            comm,
+        })
     }
 
-    /// One FAV step (§5, with steps 2–5 in one pass as the toy does).
-    pub fn step(&mut self, step: usize) -> StepStats {
+    /// One FAV step over all conditions.
+    pub fn step(&mut self, step: usize) -> Result<StepStats, CommError> {
         let ad = self.device.clone().autodiff();
-        let z = noise::normal_rows(self.seed, Stream::Particle, gen_seeds(step, self.batch), self.sampler.noise_dim());
-        let z = svgd::matrix(z, self.batch, self.sampler.noise_dim(), &ad);
-        let x = self.sampler.generate(&self.net, z);
-        // §3.4: the field is computed on detached particles, off the autodiff graph.
-        let xd = x.clone().detach().without_autodiff();
-        let y = self.pool.minibatch(self.seed, step, self.ref_batch, &self.device);
-        let g = self.reward.grad(&xd);
-        let out = svgd::transport(&xd, &y, &g, &self.field);
-        // ∂L/∂x = −2v/(N·D) exactly (§4.2): backpropagate Σ x ⊙ stopgrad(grad).
-        let surrogate = (x * out.grad.autodiff()).sum();
+        let Layout { k, c, .. } = self.layout;
+        let dim = self.sampler.noise_dim();
+        let mut surrogate: Option<Tensor<1>> = None;
+        let mut v_sq_sum = 0.0f64;
+        let mut d = 0;
+        for ci in 0..c {
+            let z = noise::normal_rows(self.seed, Stream::Particle, self.layout.gen_seeds(step, ci), dim);
+            let x = self.sampler.generate(&self.net, svgd::matrix(z, self.layout.own(), dim, &ad));
+            // §3.4: the field is computed on detached particles, off the autodiff graph.
+            let xd = x.clone().detach().without_autodiff();
+            d = xd.dims()[1];
+            let x_all = self.gather(&xd)?;
+            let y = self.pool.minibatch(self.seed, step, ci, self.ref_batch, &self.device);
+            // §6.7: scores of own rows only, then shared.
+            let g = self.reward.grad(&xd);
+            let u_own = svgd::total_score(&xd, &y, &g, &self.field).total;
+            let u_all = self.gather(&u_own)?;
+            let v = svgd::velocity(&xd, &x_all, &u_all, k, &self.field).velocity;
+            // ∂L/∂x = −2v/(m·D) per chunk of m own rows, scaled by m/(K·C) (§6.5): −2v/(K·D·C).
+            let (loss_own, grad) = svgd::regression_grad(&v, self.layout.own());
+            v_sq_sum += loss_own * (self.layout.own() * d) as f64;
+            let grad = grad.mul_scalar(self.layout.own() as f64 / (k * c) as f64);
+            let term = (x * grad.autodiff()).sum();
+            surrogate = Some(match surrogate {
+                Some(s) => s + term,
+                None => term,
+            });
+        }
+        let surrogate = surrogate.expect("fav.conditions ≥ 1");
         let grads = GradientsParams::from_grads(surrogate.backward(), &self.net);
+        let grads = sync::all_reduce_grads(&self.net, grads, self.comm, &self.device)?;
         self.net = self.optim.step(self.lr, self.net.clone(), grads);
-        StepStats { loss: out.loss }
+        let mut total = [v_sq_sum as f32];
+        self.comm.all_reduce_sum(&mut total)?;
+        Ok(StepStats { loss: total[0] as f64 / (k * c * d) as f64 })
+    }
+
+    /// All ranks' rows of a `[K/G, D]` block, in rank order.
+    fn gather(&self, own: &Tensor<2>) -> Result<Tensor<2>, CommError> {
+        if self.comm.size() == 1 {
+            return Ok(own.clone());
+        }
+        let [rows, d] = own.dims();
+        let all = self.comm.all_gather(&svgd::to_vec(own))?;
+        Ok(svgd::matrix(all, rows * self.comm.size(), d, &self.device))
     }
 
     /// The current network without autodiff, for sampling and saving.
     pub fn plain(&self) -> Mlp {
         self.net.valid()
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 }

@@ -112,10 +112,10 @@ pub fn toy_step(cfg: &Config, runs: usize, device: &Device) -> StepBench {
     let net = sampler.new_net(device);
     let mut small = cfg.clone();
     small.fav.ref_pool = small.fav.ref_pool.min(20_000);
-    let mut aligner = Aligner::new(&small, sampler, &net, device);
+    let mut aligner = Aligner::new(&small, sampler, &net, device, &fav_comm::SingleProcess).expect("one rank");
     let mut k = 0;
     let step = time(3, runs, || {
-        aligner.step(k);
+        aligner.step(k).expect("single process");
         k += 1;
     });
     let z = svgd::matrix(

@@ -52,8 +52,12 @@ pub struct FavConfig {
     pub temps_stein: Vec<f64>,
     pub kde_clamp: KdeClamp,
     pub repulsion: Repulsion,
-    /// Generated particles per step (N).
+    /// Generated particles per condition and step (K = N), all ranks together.
     pub batch: usize,
+    /// Conditions per step (C); each is its own SVGD population of `batch` particles.
+    pub conditions: usize,
+    /// Compare parameter digests across ranks every this many steps (0 = never).
+    pub check_every: usize,
     /// Frozen-model samples drawn once before alignment.
     pub ref_pool: usize,
     /// Reference particles drawn from the pool each step (M).
@@ -109,6 +113,8 @@ impl Default for FavConfig {
             kde_clamp: KdeClamp::Toy,
             repulsion: Repulsion::TwoSided,
             batch: 2048,
+            conditions: 1,
+            check_every: 100,
             ref_pool: 200_000,
             ref_batch: 2048,
             lr: 1e-4,
@@ -177,6 +183,7 @@ impl Config {
         }
         let f = &self.fav;
         positive("fav.batch", f.batch)?;
+        positive("fav.conditions", f.conditions)?;
         positive("fav.ref_pool", f.ref_pool)?;
         positive("fav.ref_batch", f.ref_batch)?;
         positive_f("fav.lr", f.lr)?;

@@ -13,6 +13,12 @@ pub enum WeightsError {
     Read { path: PathBuf, reason: String },
 }
 
+/// One metadata entry only: burn's default metadata is a hash map whose serialised order varies
+/// between processes, which would make identical weights give different file bytes.
+pub fn deterministic(store: SafetensorsStore) -> SafetensorsStore {
+    store.clear_metadata().metadata("format", "pt")
+}
+
 /// Save `module`'s parameters to `path` (atomically).
 pub fn save<M: Module + ModuleSnapshot>(module: &M, path: &Path) -> Result<(), WeightsError> {
     let werr = |reason: String| WeightsError::Write { path: path.to_path_buf(), reason };
@@ -20,7 +26,7 @@ pub fn save<M: Module + ModuleSnapshot>(module: &M, path: &Path) -> Result<(), W
         std::fs::create_dir_all(dir).map_err(|e| werr(e.to_string()))?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut store = SafetensorsStore::from_file(&tmp);
+    let mut store = deterministic(SafetensorsStore::from_file(&tmp));
     module.save_into(&mut store).map_err(|e| werr(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| werr(e.to_string()))
 }

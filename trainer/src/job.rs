@@ -5,12 +5,13 @@
 //! `final.safetensors` (aligned network by module path), `samples.png` (base | aligned | target),
 //! `config.json` (the resolved configuration).
 
-use crate::align::Aligner;
+use crate::align::{AlignError, Aligner};
 use crate::config::Config;
 use crate::eval::{Evaluator, Scores};
 use crate::generators::{Mlp, Sampler};
 use crate::{io, plot, pretrain, toy};
 use burn::tensor::Device;
+use fav_comm::{Collective, CommError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -67,6 +68,14 @@ pub enum JobError {
     Weights(#[from] io::WeightsError),
     #[error("config: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Align(#[from] AlignError),
+    #[error("communication: {0}")]
+    Comm(#[from] CommError),
+    #[error("rank 0 could not prepare the base generator (see its log)")]
+    PeerFailed,
+    #[error("{0}")]
+    Diverged(String),
 }
 
 fn dir_err(path: &Path, e: impl ToString) -> JobError {
@@ -121,39 +130,78 @@ fn base_network(
 
 /// Run the whole job into `out`.
 pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, JobError> {
+    run_on(cfg, out, obs, &fav_comm::SingleProcess).map(|s| s.expect("rank 0 has a summary"))
+}
+
+/// Run the whole job on every rank of `comm`. Rank 0 prepares the base generator (and sends it
+/// to the others), evaluates and writes the run directory; it returns the summary, the other
+/// ranks return `None`.
+pub fn run_on(
+    cfg: &Config,
+    out: &Path,
+    obs: &mut dyn Observer,
+    comm: &dyn Collective,
+) -> Result<Option<Summary>, JobError> {
     cfg.validate()?;
+    crate::align::Layout::new(cfg.fav.batch, cfg.fav.conditions, comm.size(), comm.rank())
+        .map_err(|e| JobError::Align(AlignError::Layout(e)))?;
     let t0 = Instant::now();
-    std::fs::create_dir_all(out).map_err(|e| dir_err(out, e))?;
+    let lead = comm.rank() == 0;
     let write =
         |name: &str, text: String| std::fs::write(out.join(name), text).map_err(|e| dir_err(&out.join(name), e));
-    write("config.json", serde_json::to_string_pretty(cfg).expect("config serialises"))?;
     let device = cfg.burn_device()?;
     let sampler = Sampler { family: cfg.model.family, steps: cfg.model.sample_steps };
 
-    let (base, base_path) = base_network(cfg, &sampler, &device, obs)?;
+    let prepared = if lead {
+        std::fs::create_dir_all(out)
+            .map_err(|e| dir_err(out, e))
+            .and_then(|_| write("config.json", serde_json::to_string_pretty(cfg).expect("config serialises")))
+            .and_then(|_| base_network(cfg, &sampler, &device, obs))
+    } else {
+        Ok((sampler.new_net(&device), String::new()))
+    };
+    // Tell the other ranks whether rank 0 succeeded before they wait for its weights.
+    let mut ok = [u8::from(prepared.is_ok())];
+    comm.broadcast(&mut ok, 0)?;
+    let (base, base_path) = match prepared {
+        Ok(p) if ok[0] == 1 => p,
+        Err(e) => return Err(e),
+        Ok(_) => return Err(JobError::PeerFailed),
+    };
+    let base = crate::sync::broadcast_module(base, comm).map_err(|e| AlignError::Broadcast(e.to_string()))?;
     let pretrain_s = t0.elapsed().as_secs_f64();
     let eval = Evaluator::new(cfg.seed, cfg.eval.samples, cfg.fav.beta, &sampler, &device);
-    let base_x = eval.samples(&sampler, &base);
-    let base_scores = eval.score(&base_x, &eval.target);
-    let base_vs_data = eval.score(&base_x, &eval.data);
-    tracing::info!(
-        kl_to_data = base_vs_data.kl,
-        kl = base_scores.kl,
-        mmd2 = base_scores.mmd2,
-        reward = base_scores.reward_mean,
-        "base generator against the tilted target"
-    );
+    let (base_x, base_scores, base_vs_data) = if lead {
+        let x = eval.samples(&sampler, &base);
+        let (t, d) = (eval.score(&x, &eval.target), eval.score(&x, &eval.data));
+        tracing::info!(
+            kl_to_data = d.kl,
+            kl = t.kl,
+            mmd2 = t.mmd2,
+            reward = t.reward_mean,
+            "base generator against the tilted target"
+        );
+        (x, t, d)
+    } else {
+        let zero = Scores { kl: 0.0, mmd2: 0.0, reward_mean: 0.0 };
+        (Vec::new(), zero, zero)
+    };
 
     let t_align = Instant::now();
-    let mut aligner = Aligner::new(cfg, sampler, &base, &device);
+    let mut aligner = Aligner::new(cfg, sampler, &base, &device, comm)?;
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| dir_err(&metrics_path, e))?;
+    let mut metrics =
+        if lead { Some(std::fs::File::create(&metrics_path).map_err(|e| dir_err(&metrics_path, e))?) } else { None };
     obs.phase("align", cfg.steps);
     let mut last = base_scores;
     for step in 0..cfg.steps {
-        let stats = aligner.step(step);
+        let stats = aligner.step(step)?;
         obs.progress(step + 1, stats.loss);
         let done = step + 1;
+        if cfg.fav.check_every > 0 && (done % cfg.fav.check_every == 0 || done == cfg.steps) {
+            crate::sync::check_in_sync(&aligner.net, comm, done).map_err(JobError::Diverged)?;
+        }
+        let Some(metrics) = metrics.as_mut() else { continue };
         if done % cfg.eval.every == 0 || done == cfg.steps {
             last = eval.score(&eval.samples(&sampler, &aligner.plain()), &eval.target);
             let rec = EvalRecord {
@@ -171,6 +219,9 @@ pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, 
         }
     }
     let align_s = t_align.elapsed().as_secs_f64();
+    if !lead {
+        return Ok(None);
+    }
     let aligned = aligner.plain();
     io::save(&aligned, &out.join("final.safetensors"))?;
     let final_x = eval.samples(&sampler, &aligned);
@@ -186,7 +237,7 @@ pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, 
         base_vs_data,
         steps: cfg.steps,
         seed: cfg.seed,
-        world_size: 1,
+        world_size: comm.size(),
         wall_s: t0.elapsed().as_secs_f64(),
         pretrain_s,
         align_s,
@@ -198,5 +249,5 @@ pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, 
         o.insert("final".into(), f);
     }
     write("summary.json", serde_json::to_string_pretty(&json).expect("json"))?;
-    Ok(summary)
+    Ok(Some(summary))
 }

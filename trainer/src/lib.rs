@@ -15,4 +15,5 @@ pub mod pretrain;
 pub mod reward;
 pub mod svgd;
 pub mod svgd_host;
+pub mod sync;
 pub mod toy;

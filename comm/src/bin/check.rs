@@ -1,0 +1,107 @@
+//! `fav-comm-check conformance` runs the conformance suite on this world;
+//! `fav-comm-check bench` times all-gather and all-reduce through the trait against raw MPI.
+//! Under `mpirun` (OpenMPI variables present) a build with the `mpi` feature uses MPI.
+
+use fav_comm::{conformance, Collective, SingleProcess};
+use std::process::ExitCode;
+
+fn world() -> Box<dyn Collective> {
+    #[cfg(feature = "mpi")]
+    if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() || std::env::var_os("PMIX_RANK").is_some() {
+        return Box::new(fav_comm::mpi::Mpi::init().expect("MPI init"));
+    }
+    Box::new(SingleProcess)
+}
+
+fn main() -> ExitCode {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    match mode.as_str() {
+        "conformance" => {
+            let c = world();
+            match conformance::run(c.as_ref()) {
+                Ok(()) => {
+                    println!("conformance ok: rank {} of {}", c.rank(), c.size());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("conformance FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        #[cfg(feature = "mpi")]
+        "bench" => {
+            bench::run();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("usage: fav-comm-check conformance|bench");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(feature = "mpi")]
+mod bench {
+    use fav_comm::{mpi::Mpi, Collective};
+    use mpi::collective::CommunicatorCollectives;
+    use mpi::ffi;
+    use mpi::traits::AsRaw;
+    use std::os::raw::{c_int, c_void};
+    use std::time::Instant;
+
+    /// Median seconds of `runs` calls (after a warm-up), synchronised by barriers so every rank
+    /// times the same collective.
+    fn median(mpi: &Mpi, runs: usize, mut f: impl FnMut()) -> f64 {
+        f();
+        let mut t: Vec<f64> = (0..runs)
+            .map(|_| {
+                mpi.world().barrier();
+                let s = Instant::now();
+                f();
+                s.elapsed().as_secs_f64()
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[runs / 2]
+    }
+
+    pub fn run() {
+        let mpi = Mpi::init().expect("MPI init");
+        let (rank, size) = (mpi.rank(), mpi.size());
+        let runs = 15;
+        for mib in [1usize, 16, 64] {
+            let n = mib * (1 << 20) / 4;
+            // all-reduce of n floats
+            let mut buf = vec![1.0f32; n];
+            let trait_ar = median(&mpi, runs, || mpi.all_reduce_sum(&mut buf).unwrap());
+            let raw_ar = median(&mpi, runs, || unsafe {
+                ffi::MPI_Allreduce(
+                    mpi.in_place().expect("Open MPI or MPICH"),
+                    buf.as_mut_ptr() as *mut c_void,
+                    n as c_int,
+                    ffi::RSMPI_FLOAT,
+                    ffi::RSMPI_SUM,
+                    mpi.world().as_raw(),
+                );
+            });
+            // all-gather to n floats in total (n/size per rank)
+            let local = vec![1.0f32; n / size];
+            let trait_ag = median(&mpi, runs, || {
+                std::hint::black_box(mpi.all_gather(&local).unwrap());
+            });
+            let mut out = vec![0.0f32; (n / size) * size];
+            let raw_ag = median(&mpi, runs, || mpi.world().all_gather_into(&local[..], &mut out[..]));
+            if rank == 0 {
+                println!(
+                    "{{\"ranks\": {size}, \"mib\": {mib}, \"all_reduce_trait_ms\": {:.3}, \"all_reduce_raw_ms\": {:.3}, \
+                     \"all_gather_trait_ms\": {:.3}, \"all_gather_raw_ms\": {:.3}}}",
+                    1e3 * trait_ar,
+                    1e3 * raw_ar,
+                    1e3 * trait_ag,
+                    1e3 * raw_ag
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The conformance suite against every implementation this build has: the single process
+//! always; MPI under `mpirun -np 1, 2, 4` with the `mpi` feature.
+
+#[test]
+fn single_process_conforms() {
+    fav_comm::conformance::run(&fav_comm::SingleProcess).unwrap();
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_conforms_on_1_2_and_4_ranks() {
+    for np in ["1", "2", "4"] {
+        let out = std::process::Command::new("mpirun")
+            .args(["--allow-run-as-root", "--oversubscribe", "-np", np])
+            .arg(env!("CARGO_BIN_EXE_fav-comm-check"))
+            .arg("conformance")
+            .output()
+            .expect("mpirun is installed (apt-get install openmpi-bin)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "np {np}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        let n: usize = np.parse().unwrap();
+        for r in 0..n {
+            assert!(text.contains(&format!("conformance ok: rank {r} of {n}")), "np {np}: {text}");
+        }
+    }
+}
