@@ -1,9 +1,12 @@
-//! Collectives behind one trait: [`SingleProcess`] (always), [`mpi::Mpi`] (feature `mpi`).
+//! Collectives behind one trait: [`SingleProcess`] (always), [`mpi::Mpi`] (feature `mpi`),
+//! [`nccl::Nccl`] (feature `nccl`).
 //! One conformance suite ([`conformance`]) runs against every implementation.
 
 pub mod conformance;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 /// A failed collective: the peer, transport or argument at fault.
 #[derive(Debug, thiserror::Error)]

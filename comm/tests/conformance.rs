@@ -24,3 +24,31 @@ fn mpi_conforms_on_1_2_and_4_ranks() {
         }
     }
 }
+
+/// NCCL needs a GPU: where libcuda/libnccl are present the suite must pass on every rank; where
+/// they are not (CI), starting NCCL must fail with a message that names the missing library —
+/// never a panic.
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_conforms_or_says_what_is_missing() {
+    let present = fav_comm::nccl::libraries_present();
+    let out = std::process::Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .env("FAV_COMM", "nccl")
+        .arg(env!("CARGO_BIN_EXE_fav-comm-check"))
+        .arg("conformance")
+        .output()
+        .expect("mpirun is installed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("panicked"), "{text}");
+    match present {
+        Ok(()) => {
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("conformance ok: rank 1 of 2"), "{text}");
+        }
+        Err(e) => {
+            assert!(!out.status.success());
+            assert!(text.contains("libcuda") || text.contains("libnccl"), "expected `{e}` in: {text}");
+        }
+    }
+}

@@ -84,7 +84,7 @@ fn run(cli: Cli) -> Result<()> {
                 .and_then(|p| p.file_stem())
                 .map_or("default".to_string(), |s| s.to_string_lossy().into_owned());
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-seed{}", cfg.seed)));
-            let (world, comm) = world::join()?;
+            let (world, comm) = world::join(&cfg.comm, cfg.device.starts_with("cuda"))?;
             let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
             if comm.rank() == 0 {
                 tracing::info!(launcher = ?world.launcher, world_size = comm.size(), run_dir = %out.display(),
@@ -113,19 +113,40 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { config, overrides, runs, field_n, field_d, json } => {
             use fav_trainer::bench;
             let cfg = settings::load(config.as_deref(), &overrides)?;
-            let device = burn::tensor::Device::flex();
+            let (_world, comm) = world::join(&cfg.comm, cfg.device.starts_with("cuda"))?;
+            let device = cfg.burn_device()?;
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let step = bench::toy_step(&cfg, runs, &device);
+            let step = bench::toy_step(&cfg, runs, &device, comm.as_ref());
+            if comm.rank() != 0 {
+                return Ok(());
+            }
             println!(
-                "toy FAV step ({}, batch {}): median {:.1} ms (min {:.1}) | generate fwd {:.1} ms | field {:.1} ms | {threads} threads",
-                step.family, step.batch, 1e3 * step.step.median_s, 1e3 * step.step.min_s, 1e3 * step.generate_s, 1e3 * step.field_s
+                "toy FAV step ({}, global batch {}, {} rank(s)): median {:.1} ms (min {:.1}) | generate fwd {:.1} ms | \
+                 field {:.1} ms | {threads} threads",
+                step.family,
+                step.batch,
+                step.ranks,
+                1e3 * step.step.median_s,
+                1e3 * step.step.min_s,
+                1e3 * step.generate_s,
+                1e3 * step.field_s
             );
-            let field = bench::field(field_n, field_d, runs.min(5), &device);
-            println!(
-                "transport field N=M={} D={}: {:.1} ms, {:.1} GFLOP/s | GEMM {}x{}x{}: {:.1} GFLOP/s | field at {:.0}% of GEMM",
-                field.n, field.d, 1e3 * field.field.median_s, field.field_gflops, field.n, field.d, field.m,
-                field.gemm_gflops, 100.0 * field.fraction_of_gemm
-            );
+            let field = (comm.size() == 1).then(|| bench::field(field_n, field_d, runs.min(5), &device));
+            if let Some(field) = &field {
+                println!(
+                    "transport field N=M={} D={}: {:.1} ms, {:.1} GFLOP/s | GEMM {}x{}x{}: {:.1} GFLOP/s | field at \
+                     {:.0}% of GEMM",
+                    field.n,
+                    field.d,
+                    1e3 * field.field.median_s,
+                    field.field_gflops,
+                    field.n,
+                    field.d,
+                    field.m,
+                    field.gemm_gflops,
+                    100.0 * field.fraction_of_gemm
+                );
+            }
             if let Some(path) = json {
                 let doc = serde_json::json!({ "threads": threads, "toy_step": step, "field": field });
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;

@@ -99,23 +99,25 @@ pub fn field(n: usize, d: usize, runs: usize, device: &Device) -> FieldBench {
 pub struct StepBench {
     pub family: String,
     pub batch: usize,
+    pub ranks: usize,
     pub step: Timing,
     /// Parts of one step, timed separately on the same inputs.
     pub generate_s: f64,
     pub field_s: f64,
 }
 
-/// One toy FAV step at the config's batch, from a freshly initialised generator (the step's cost
-/// does not depend on the weights).
-pub fn toy_step(cfg: &Config, runs: usize, device: &Device) -> StepBench {
+/// One toy FAV step at the config's (global) batch on the world of `comm`, from a freshly
+/// initialised generator (the step's cost does not depend on the weights).
+pub fn toy_step(cfg: &Config, runs: usize, device: &Device, comm: &dyn fav_comm::Collective) -> StepBench {
     let sampler = Sampler { family: cfg.model.family, steps: cfg.model.sample_steps };
     let net = sampler.new_net(device);
     let mut small = cfg.clone();
     small.fav.ref_pool = small.fav.ref_pool.min(20_000);
-    let mut aligner = Aligner::new(&small, sampler, &net, device, &fav_comm::SingleProcess).expect("one rank");
+    let mut aligner = Aligner::new(&small, sampler, &net, device, comm).expect("valid layout");
     let mut k = 0;
     let step = time(3, runs, || {
-        aligner.step(k).expect("single process");
+        comm.barrier().expect("barrier");
+        aligner.step(k).expect("step");
         k += 1;
     });
     let z = svgd::matrix(
@@ -134,6 +136,7 @@ pub fn toy_step(cfg: &Config, runs: usize, device: &Device) -> StepBench {
     StepBench {
         family: format!("{:?}", cfg.model.family).to_lowercase(),
         batch: cfg.fav.batch,
+        ranks: comm.size(),
         step,
         generate_s: generate.median_s,
         field_s: field.median_s,

@@ -15,6 +15,9 @@ pub struct Config {
     pub steps: usize,
     /// `cpu` (default), or `cuda` / `cuda:N` in a build with the `cuda` feature.
     pub device: String,
+    /// Collective for multi-rank runs: `auto` (NCCL for a CUDA device in a build with `nccl`,
+    /// MPI otherwise), `mpi` or `nccl`.
+    pub comm: String,
     pub model: ModelConfig,
     pub pretrain: PretrainConfig,
     pub fav: FavConfig,
@@ -84,6 +87,7 @@ impl Default for Config {
             seed: 0,
             steps: 1500,
             device: "cpu".into(),
+            comm: "auto".into(),
             model: ModelConfig::default(),
             pretrain: PretrainConfig::default(),
             fav: FavConfig::default(),
@@ -198,6 +202,9 @@ impl Config {
             err(&format!("fav.{key}"), e)
         })?;
         self.burn_device()?;
+        if !["auto", "mpi", "nccl"].contains(&self.comm.as_str()) {
+            return Err(err("comm", format!("expected \"auto\", \"mpi\" or \"nccl\", got {:?}", self.comm)));
+        }
         positive("eval.every", self.eval.every)?;
         if self.eval.samples < 2 {
             return Err(err("eval.samples", "must be ≥ 2"));

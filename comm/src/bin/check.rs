@@ -5,19 +5,34 @@
 use fav_comm::{conformance, Collective, SingleProcess};
 use std::process::ExitCode;
 
-fn world() -> Box<dyn Collective> {
+/// The implementation under test: `FAV_COMM=nccl` (feature `nccl`) selects NCCL on the GPU of
+/// this rank's local index; under mpirun, MPI; otherwise the single process.
+fn world() -> Result<Box<dyn Collective>, fav_comm::CommError> {
     #[cfg(feature = "mpi")]
     if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() || std::env::var_os("PMIX_RANK").is_some() {
-        return Box::new(fav_comm::mpi::Mpi::init().expect("MPI init"));
+        let mpi = fav_comm::mpi::Mpi::init()?;
+        #[cfg(feature = "nccl")]
+        if std::env::var("FAV_COMM").is_ok_and(|v| v == "nccl") {
+            let local: usize =
+                std::env::var("OMPI_COMM_WORLD_LOCAL_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            return Ok(Box::new(fav_comm::nccl::Nccl::init(mpi, local)?));
+        }
+        return Ok(Box::new(mpi));
     }
-    Box::new(SingleProcess)
+    Ok(Box::new(SingleProcess))
 }
 
 fn main() -> ExitCode {
     let mode = std::env::args().nth(1).unwrap_or_default();
     match mode.as_str() {
         "conformance" => {
-            let c = world();
+            let c = match world() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cannot start the collective: {e}");
+                    return ExitCode::from(3);
+                }
+            };
             match conformance::run(c.as_ref()) {
                 Ok(()) => {
                     println!("conformance ok: rank {} of {}", c.rank(), c.size());

@@ -1,0 +1,98 @@
+//! NCCL collectives through cudarc, one rank per GPU. Rank 0 creates the NCCL unique id and MPI
+//! broadcasts it; broadcast and barrier go over MPI (small, host-side). The trait's buffers are
+//! host memory, so each call stages through the rank's GPU on its own stream.
+
+use crate::mpi::Mpi;
+use crate::{Collective, CommError};
+use cudarc::driver::{CudaContext, CudaStream};
+use cudarc::nccl::{Comm, Id, ReduceOp};
+use std::sync::Arc;
+
+pub struct Nccl {
+    comm: Comm,
+    stream: Arc<CudaStream>,
+    mpi: Mpi,
+}
+
+fn failed(op: &'static str, e: impl std::fmt::Debug) -> CommError {
+    CommError::Failed { op, reason: format!("{e:?}") }
+}
+
+/// Whether the CUDA driver and NCCL libraries can be loaded on this machine.
+pub fn libraries_present() -> Result<(), CommError> {
+    // SAFETY: these only try to dlopen the libraries.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(CommError::Failed { op: "nccl init", reason: "libcuda (the CUDA driver) is not installed".into() });
+    }
+    if !unsafe { cudarc::nccl::sys::is_culib_present() } {
+        return Err(CommError::Failed {
+            op: "nccl init",
+            reason: "libnccl is not installed (apt install libnccl2)".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Nccl {
+    /// Join the NCCL world of `mpi`'s ranks on GPU `device_index`.
+    pub fn init(mpi: Mpi, device_index: usize) -> Result<Self, CommError> {
+        libraries_present()?;
+        let ctx = CudaContext::new(device_index).map_err(|e| failed("cuda context", e))?;
+        let stream = ctx.new_stream().map_err(|e| failed("cuda stream", e))?;
+        let id = if mpi.rank() == 0 { Id::new().map_err(|e| failed("nccl id", e))? } else { Id::uninit([0; 128]) };
+        let mut bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
+        mpi.broadcast(&mut bytes, 0)?;
+        let mut internal = [0 as std::ffi::c_char; 128];
+        for (d, s) in internal.iter_mut().zip(&bytes) {
+            *d = *s as std::ffi::c_char;
+        }
+        let comm = Comm::from_rank(stream.clone(), mpi.rank(), mpi.size(), Id::uninit(internal))
+            .map_err(|e| failed("nccl comm init", e))?;
+        Ok(Self { comm, stream, mpi })
+    }
+}
+
+impl Collective for Nccl {
+    fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    fn size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
+        let mut out = vec![0.0f32; local.len() * self.size()];
+        if local.is_empty() {
+            return Ok(out);
+        }
+        let send = self.stream.clone_htod(local).map_err(|e| failed("all_gather htod", e))?;
+        let mut recv = self.stream.alloc_zeros::<f32>(out.len()).map_err(|e| failed("all_gather alloc", e))?;
+        self.comm.all_gather(&send, &mut recv).map_err(|e| failed("all_gather", e))?;
+        self.stream.memcpy_dtoh(&recv, &mut out).map_err(|e| failed("all_gather dtoh", e))?;
+        self.stream.synchronize().map_err(|e| failed("all_gather sync", e))?;
+        Ok(out)
+    }
+
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), CommError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let mut dev = self.stream.clone_htod(&*buf).map_err(|e| failed("all_reduce htod", e))?;
+        self.comm.all_reduce_in_place(&mut dev, &ReduceOp::Sum).map_err(|e| failed("all_reduce", e))?;
+        self.stream.memcpy_dtoh(&dev, buf).map_err(|e| failed("all_reduce dtoh", e))?;
+        self.stream.synchronize().map_err(|e| failed("all_reduce sync", e))
+    }
+
+    fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
+        self.mpi.broadcast(buf, root)
+    }
+
+    fn barrier(&self) -> Result<(), CommError> {
+        self.mpi.barrier()
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.mpi.abort(code)
+    }
+}
