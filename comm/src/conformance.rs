@@ -63,6 +63,12 @@ pub fn run(c: &dyn Collective) -> Result<(), String> {
         return Err(ctx("broadcast from a root outside the world succeeded".into()));
     }
 
+    // A wrongly sized output is refused, not overrun.
+    let mut short = vec![0.0f32; 3 * size - 1];
+    if c.all_gather_into(&[1.0, 2.0, 3.0], &mut short).is_ok() {
+        return Err(ctx("all_gather_into accepted a short output buffer".into()));
+    }
+
     c.barrier().map_err(|e| ctx(fail(e)))?;
     Ok(())
 }

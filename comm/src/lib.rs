@@ -22,8 +22,15 @@ pub trait Collective {
     fn rank(&self) -> usize;
     /// Number of ranks.
     fn size(&self) -> usize;
-    /// Concatenate every rank's equally sized `local` block in rank order.
-    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError>;
+    /// Concatenate every rank's equally sized `local` block in rank order into `out`
+    /// (`local.len() × size` values); reuse `out` across calls to avoid page-faulting fresh memory.
+    fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> Result<(), CommError>;
+    /// [`Self::all_gather_into`] into a new vector.
+    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
+        let mut out = vec![0.0f32; local.len() * self.size()];
+        self.all_gather_into(local, &mut out)?;
+        Ok(out)
+    }
     /// Element-wise sum over ranks, in place; every rank ends with the same values.
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), CommError>;
     /// Overwrite `buf` on every rank with `root`'s bytes.
@@ -37,6 +44,17 @@ pub trait Collective {
     }
 }
 
+/// `out` must hold exactly one block per rank.
+pub(crate) fn check_gather_len(local: &[f32], out: &[f32], size: usize) -> Result<(), CommError> {
+    if out.len() != local.len() * size {
+        return Err(CommError::Failed {
+            op: "all_gather",
+            reason: format!("output holds {} values, expected {} × {size}", out.len(), local.len()),
+        });
+    }
+    Ok(())
+}
+
 /// World size 1: every collective is the identity.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SingleProcess;
@@ -48,8 +66,10 @@ impl Collective for SingleProcess {
     fn size(&self) -> usize {
         1
     }
-    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
-        Ok(local.to_vec())
+    fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        check_gather_len(local, out, 1)?;
+        out.copy_from_slice(local);
+        Ok(())
     }
     fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<(), CommError> {
         Ok(())

@@ -67,13 +67,13 @@ impl Collective for Mpi {
         self.world.size() as usize
     }
 
-    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
-        let mut out = vec![0.0f32; local.len() * self.size()];
+    fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        crate::check_gather_len(local, out, self.size())?;
         if local.len() > MAX_COUNT {
             return Err(CommError::Failed { op: "all_gather", reason: "block larger than 2^31 elements".into() });
         }
-        self.world.all_gather_into(local, &mut out[..]);
-        Ok(out)
+        self.world.all_gather_into(local, out);
+        Ok(())
     }
 
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), CommError> {

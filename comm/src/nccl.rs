@@ -61,17 +61,16 @@ impl Collective for Nccl {
         self.comm.world_size()
     }
 
-    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
-        let mut out = vec![0.0f32; local.len() * self.size()];
+    fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        crate::check_gather_len(local, out, self.size())?;
         if local.is_empty() {
-            return Ok(out);
+            return Ok(());
         }
         let send = self.stream.clone_htod(local).map_err(|e| failed("all_gather htod", e))?;
         let mut recv = self.stream.alloc_zeros::<f32>(out.len()).map_err(|e| failed("all_gather alloc", e))?;
         self.comm.all_gather(&send, &mut recv).map_err(|e| failed("all_gather", e))?;
-        self.stream.memcpy_dtoh(&recv, &mut out).map_err(|e| failed("all_gather dtoh", e))?;
-        self.stream.synchronize().map_err(|e| failed("all_gather sync", e))?;
-        Ok(out)
+        self.stream.memcpy_dtoh(&recv, out).map_err(|e| failed("all_gather dtoh", e))?;
+        self.stream.synchronize().map_err(|e| failed("all_gather sync", e))
     }
 
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), CommError> {

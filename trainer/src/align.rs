@@ -4,10 +4,10 @@
 //! own rows against the global set; local loss scale m/(K·C); one SUM all-reduce of the
 //! gradients; the same optimiser step everywhere. With G = 1 this is the single-process step.
 
-use crate::config::Config;
+use crate::config::{Config, RewardGrad};
 use crate::generators::{Mlp, Sampler};
 use crate::noise::{self, Stream};
-use crate::reward::Reward;
+use crate::reward::{nes_grad, NesKey, Reward};
 use crate::svgd::{self, FieldConfig};
 use crate::sync;
 use crate::toy::ClusterReward;
@@ -125,6 +125,9 @@ pub struct Aligner<'c> {
     seed: u64,
     ref_batch: usize,
     lr: f64,
+    reward_grad: RewardGrad,
+    nes_sigma: f64,
+    nes_samples: usize,
     device: Device,
     comm: &'c dyn Collective,
 }
@@ -173,6 +176,9 @@ impl<'c> Aligner<'c> {
             seed: cfg.seed,
             ref_batch: cfg.fav.ref_batch,
             lr: cfg.fav.lr,
+            reward_grad: cfg.fav.reward_grad,
+            nes_sigma: cfg.fav.nes_sigma,
+            nes_samples: cfg.fav.nes_samples,
             device: device.clone(),
             comm,
         })
@@ -187,15 +193,24 @@ impl<'c> Aligner<'c> {
         let mut v_sq_sum = 0.0f64;
         let mut d = 0;
         for ci in 0..c {
-            let z = noise::normal_rows(self.seed, Stream::Particle, self.layout.gen_seeds(step, ci), dim);
+            let seeds = self.layout.gen_seeds(step, ci);
+            let z = noise::normal_rows(self.seed, Stream::Particle, seeds.clone(), dim);
             let x = self.sampler.generate(&self.net, svgd::matrix(z, self.layout.own(), dim, &ad));
             // §3.4: the field is computed on detached particles, off the autodiff graph.
             let xd = x.clone().detach().without_autodiff();
             d = xd.dims()[1];
             let x_all = self.gather(&xd)?;
             let y = self.pool.minibatch(self.seed, step, ci, self.ref_batch, &self.device);
-            // §6.7: scores of own rows only, then shared.
-            let g = self.reward.grad(&xd);
+            // §6.7: scores of own rows only, then shared. A black-box gradient is estimated once
+            // per particle, by the rank that owns it.
+            let g = match self.reward_grad {
+                RewardGrad::Exact => self.reward.grad(&xd),
+                RewardGrad::Nes => {
+                    let key = NesKey { seed: self.seed, step, condition: ci };
+                    let seeds: Vec<u64> = seeds.collect();
+                    nes_grad(&xd, &seeds, key, self.nes_sigma, self.nes_samples, |p| self.reward.log_value(p))
+                }
+            };
             let u_own = svgd::total_score(&xd, &y, &g, &self.field).total;
             let u_all = self.gather(&u_own)?;
             let v = svgd::velocity(&xd, &x_all, &u_all, k, &self.field).velocity;

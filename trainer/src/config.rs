@@ -66,10 +66,26 @@ pub struct FavConfig {
     /// Reference particles drawn from the pool each step (M).
     pub ref_batch: usize,
     pub lr: f64,
+    /// `exact` (autograd / closed form) or `nes` (black-box antithetic estimate, FAV-B).
+    pub reward_grad: RewardGrad,
+    /// NES perturbation scale σ.
+    pub nes_sigma: f64,
+    /// NES antithetic pairs per particle (2× reward calls).
+    pub nes_samples: usize,
     /// Global-norm gradient clip; 0 disables it (the toy uses none).
     pub max_grad_norm: f64,
     /// Kernel entries materialised at once by the transport field.
     pub tile_elems: usize,
+}
+
+/// How the reward gradient `g` reaches SVGD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardGrad {
+    /// The reward's own gradient.
+    Exact,
+    /// Antithetic zeroth-order estimate from reward values only (spec §9, FAV-B).
+    Nes,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -122,6 +138,9 @@ impl Default for FavConfig {
             ref_pool: 200_000,
             ref_batch: 2048,
             lr: 1e-4,
+            reward_grad: RewardGrad::Exact,
+            nes_sigma: 0.01,
+            nes_samples: 16,
             max_grad_norm: 0.0,
             tile_elems: 1 << 20,
         }
@@ -191,6 +210,8 @@ impl Config {
         positive("fav.ref_pool", f.ref_pool)?;
         positive("fav.ref_batch", f.ref_batch)?;
         positive_f("fav.lr", f.lr)?;
+        positive_f("fav.nes_sigma", f.nes_sigma)?;
+        positive("fav.nes_samples", f.nes_samples)?;
         if !(f.max_grad_norm.is_finite() && f.max_grad_norm >= 0.0) {
             return Err(err("fav.max_grad_norm", format!("must be ≥ 0 (0 = off), got {}", f.max_grad_norm)));
         }

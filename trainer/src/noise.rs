@@ -21,6 +21,8 @@ pub enum Stream {
     Data = 5,
     /// Parameter initialisation.
     Init = 6,
+    /// Black-box (NES) gradient perturbations.
+    Nes = 7,
 }
 
 /// SplitMix64 finaliser: a bijective mix, so distinct inputs give distinct 64-bit keys.

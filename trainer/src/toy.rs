@@ -61,6 +61,11 @@ impl ClusterReward {
         softmax(d2.mul_scalar(-1.0 / ENERGY_TEMP), 1)
     }
 
+    /// The value SVGD tilts by, `R = log max(r, 1e-10)`, as `[N,1]` (the black-box view).
+    pub fn log_value(&self, x: &Tensor<2>) -> Tensor<2> {
+        self.value(x).clamp_min(LOG_R_CLAMP).log()
+    }
+
     /// `(r, ∇r)` as `[N,1]` and `[N,2]`.
     pub fn value_and_grad_r(&self, x: &Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let w = self.weights(x);

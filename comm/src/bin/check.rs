@@ -65,20 +65,26 @@ mod bench {
     use std::os::raw::{c_int, c_void};
     use std::time::Instant;
 
-    /// Median seconds of `runs` calls (after a warm-up), synchronised by barriers so every rank
-    /// times the same collective.
-    fn median(mpi: &Mpi, runs: usize, mut f: impl FnMut()) -> f64 {
-        f();
-        let mut t: Vec<f64> = (0..runs)
-            .map(|_| {
-                mpi.world().barrier();
-                let s = Instant::now();
-                f();
-                s.elapsed().as_secs_f64()
-            })
-            .collect();
-        t.sort_by(f64::total_cmp);
-        t[runs / 2]
+    /// Median seconds of `runs` calls each of `a` and `b`, interleaved (a, b, a, b, …) after a
+    /// warm-up so neither side profits from going second; barriers make every rank time the same
+    /// collective.
+    fn medians(mpi: &Mpi, runs: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+        a();
+        b();
+        let time = |f: &mut dyn FnMut()| {
+            mpi.world().barrier();
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        };
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            ta.push(time(&mut a));
+            tb.push(time(&mut b));
+        }
+        ta.sort_by(f64::total_cmp);
+        tb.sort_by(f64::total_cmp);
+        (ta[runs / 2], tb[runs / 2])
     }
 
     pub fn run() {
@@ -87,26 +93,33 @@ mod bench {
         let runs = 15;
         for mib in [1usize, 16, 64] {
             let n = mib * (1 << 20) / 4;
-            // all-reduce of n floats
-            let mut buf = vec![1.0f32; n];
-            let trait_ar = median(&mpi, runs, || mpi.all_reduce_sum(&mut buf).unwrap());
-            let raw_ar = median(&mpi, runs, || unsafe {
-                ffi::MPI_Allreduce(
-                    mpi.in_place().expect("Open MPI or MPICH"),
-                    buf.as_mut_ptr() as *mut c_void,
-                    n as c_int,
-                    ffi::RSMPI_FLOAT,
-                    ffi::RSMPI_SUM,
-                    mpi.world().as_raw(),
-                );
-            });
-            // all-gather to n floats in total (n/size per rank)
+            // all-reduce of n floats, in place, through the trait and as a hand-written MPI call
+            let buf = std::cell::RefCell::new(vec![1.0f32; n]);
+            let (trait_ar, raw_ar) = medians(
+                &mpi,
+                runs,
+                || mpi.all_reduce_sum(&mut buf.borrow_mut()).unwrap(),
+                || unsafe {
+                    let mut b = buf.borrow_mut();
+                    ffi::MPI_Allreduce(
+                        mpi.in_place().expect("Open MPI or MPICH"),
+                        b.as_mut_ptr() as *mut c_void,
+                        n as c_int,
+                        ffi::RSMPI_FLOAT,
+                        ffi::RSMPI_SUM,
+                        mpi.world().as_raw(),
+                    );
+                },
+            );
+            // all-gather to n floats in total (n/size per rank), into a reused buffer
             let local = vec![1.0f32; n / size];
-            let trait_ag = median(&mpi, runs, || {
-                std::hint::black_box(mpi.all_gather(&local).unwrap());
-            });
-            let mut out = vec![0.0f32; (n / size) * size];
-            let raw_ag = median(&mpi, runs, || mpi.world().all_gather_into(&local[..], &mut out[..]));
+            let out = std::cell::RefCell::new(vec![0.0f32; (n / size) * size]);
+            let (trait_ag, raw_ag) = medians(
+                &mpi,
+                runs,
+                || mpi.all_gather_into(&local, &mut out.borrow_mut()).unwrap(),
+                || mpi.world().all_gather_into(&local[..], &mut out.borrow_mut()[..]),
+            );
             if rank == 0 {
                 println!(
                     "{{\"ranks\": {size}, \"mib\": {mib}, \"all_reduce_trait_ms\": {:.3}, \"all_reduce_raw_ms\": {:.3}, \
