@@ -27,9 +27,9 @@ impl Mpi {
         // `(void *) -1` in MPICH and its derivatives. Other libraries get the copying path.
         let version = mpi::environment::library_version().unwrap_or_default();
         let in_place = if version.contains("Open MPI") {
-            Some(1usize as *mut c_void)
+            Some(std::ptr::without_provenance_mut::<c_void>(1))
         } else if version.contains("MPICH") || version.contains("Intel(R) MPI") {
-            Some(usize::MAX as *mut c_void)
+            Some(std::ptr::without_provenance_mut::<c_void>(usize::MAX))
         } else {
             None
         };

@@ -88,7 +88,7 @@ impl Layout {
                 "{g} ranks but only fav.batch = {k} particles per condition: more ranks than particles"
             ));
         }
-        if k % g != 0 {
+        if !k.is_multiple_of(g) {
             return Err(format!(
                 "fav.batch = {k} particles per condition cannot be split evenly over {g} ranks (K mod G = {})",
                 k % g
