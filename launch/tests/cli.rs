@@ -19,22 +19,25 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+/// `fav train` of the toy VAE with a 150-step pretraining cached under `d/cache`, plus `sets`
+/// (`key=value` overrides), into `out`.
+fn short_job(d: &Path, out: &Path, sets: &[&str]) -> std::process::Output {
+    let mut c = fav();
+    c.args(["train"]).arg(examples().join("toy-vae.toml"));
+    c.args(["--set", "pretrain.steps=150", "--set", "pretrain.eval_every=75", "--set", "eval.samples=1024"]);
+    c.arg("--set").arg(format!("pretrain.cache_dir={}", d.join("cache").display()));
+    for kv in sets {
+        c.args(["--set", kv]);
+    }
+    c.arg("--out").arg(out).output().unwrap()
+}
+
 /// A short but real job: 150 pretraining steps, 40 FAV steps; every output is there and parses.
 #[test]
 fn short_job_writes_the_run_directory() {
     let d = tmp("short");
     let out = d.join("run");
-    let st = fav()
-        .args(["train"])
-        .arg(examples().join("toy-vae.toml"))
-        .args(["--set", "pretrain.steps=150", "--set", "pretrain.eval_every=75", "--set", "steps=40"])
-        .args(["--set", "eval.every=20", "--set", "eval.samples=1024", "--set", "fav.ref_pool=20000"])
-        .arg("--set")
-        .arg(format!("pretrain.cache_dir={}", d.join("cache").display()))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let st = short_job(&d, &out, &["steps=40", "eval.every=20", "fav.ref_pool=20000"]);
     assert!(st.status.success(), "fav train failed: {}", String::from_utf8_lossy(&st.stderr));
 
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
@@ -70,35 +73,15 @@ fn short_job_writes_the_run_directory() {
     assert_eq!(&png[1..4], b"PNG");
 
     // The pretrained base was cached: a second run finds it instead of pretraining.
-    let again = fav()
-        .args(["train"])
-        .arg(examples().join("toy-vae.toml"))
-        .args(["--set", "pretrain.steps=150", "--set", "pretrain.eval_every=75", "--set", "steps=1"])
-        .args(["--set", "eval.every=1", "--set", "eval.samples=1024", "--set", "fav.ref_pool=2000"])
-        .arg("--set")
-        .arg(format!("pretrain.cache_dir={}", d.join("cache").display()))
-        .arg("--out")
-        .arg(d.join("run2"))
-        .output()
-        .unwrap();
+    let again = short_job(&d, &d.join("run2"), &["steps=1", "eval.every=1", "fav.ref_pool=2000"]);
     assert!(again.status.success());
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("using cached base generator") && !err.contains("pretraining the base"), "{err}");
 
     // Same config and seed: bit-identical weights and metrics; another seed: different weights.
     let rerun = |seed: u64, dir: &str| {
-        let o = fav()
-            .args(["train"])
-            .arg(examples().join("toy-vae.toml"))
-            .args(["--set", "pretrain.steps=150", "--set", "pretrain.eval_every=75", "--set", "steps=10"])
-            .args(["--set", "eval.every=5", "--set", "eval.samples=1024", "--set", "fav.ref_pool=4000"])
-            .args(["--set", &format!("seed={seed}")])
-            .arg("--set")
-            .arg(format!("pretrain.cache_dir={}", d.join("cache").display()))
-            .arg("--out")
-            .arg(d.join(dir))
-            .output()
-            .unwrap();
+        let seed = format!("seed={seed}");
+        let o = short_job(&d, &d.join(dir), &["steps=10", "eval.every=5", "fav.ref_pool=4000", &seed]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let w = std::fs::read(d.join(dir).join("final.safetensors")).unwrap();
         let m: Vec<String> = std::fs::read_to_string(d.join(dir).join("metrics.jsonl"))
