@@ -36,7 +36,7 @@ fn transpose(a: &[f32], d: usize) -> Vec<f32> {
 }
 
 /// `out[j] = ‖x − col_j‖²` for the columns of `cols_t` (column-major, `d × m`).
-#[inline]
+#[inline(always)]
 fn row_dists(x: &[f32], cols_t: &[f32], out: &mut [f32]) {
     let m = out.len();
     out.fill(0.0);
@@ -50,7 +50,7 @@ fn row_dists(x: &[f32], cols_t: &[f32], out: &mut [f32]) {
 }
 
 /// `Σ_j a_j b_j`, accumulated in f64 lanes of 8 partial sums (vectorisable, stable).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     let mut acc = [0.0f32; 8];
     let mut total = 0.0f64;
@@ -71,6 +71,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
     total
 }
 
+#[inline(always)]
 fn sum(a: &[f32]) -> f64 {
     let ones = [1.0f32; 512];
     a.chunks(512).map(|c| dot(c, &ones[..c.len()])).sum()
@@ -79,50 +80,132 @@ fn sum(a: &[f32]) -> f64 {
 /// Rows per rayon task: enough work per task to amortise scheduling.
 const ROWS_PER_TASK: usize = 16;
 
+/// Compile `$task` (an `#[inline(always)]` function) a second time with AVX2 enabled and pick
+/// the widest version the CPU has at run time. The source fixes every operation's order, so
+/// both versions give the same bits; only the vector width differs.
+macro_rules! dispatch {
+    ($name:ident, $avx2:ident, $task:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2($($arg: $ty),*) {
+            $task($($arg),*)
+        }
+
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                return unsafe { $avx2($($arg),*) };
+            }
+            $task($($arg),*)
+        }
+    };
+}
+
+/// KDE rows `first..first + z_rows.len()` of §2.3 / §2.4 into `p_rows` and `z_rows`.
+#[inline(always)]
+fn kde_task(x: &[f32], yt: &[f32], d: usize, cfg: &FieldConfig, first: usize, p_rows: &mut [f32], z_rows: &mut [f32]) {
+    let m = yt.len() / d;
+    let mut d2 = vec![0.0f32; m];
+    let mut k = vec![0.0f32; m];
+    let mut num = vec![0.0f64; d];
+    let mut ky = vec![0.0f64; d];
+    for (r, (p, z_slot)) in p_rows.chunks_mut(d).zip(z_rows.iter_mut()).enumerate() {
+        let i = first + r;
+        let xi = &x[i * d..(i + 1) * d];
+        row_dists(xi, yt, &mut d2);
+        num.fill(0.0);
+        let mut z_sum = 0.0f64;
+        for &tau in &cfg.temps_kde {
+            let s = (-1.0 / tau) as f32;
+            for (kj, &dj) in k.iter_mut().zip(&d2) {
+                *kj = exp_neg(dj * s);
+            }
+            let z = sum(&k);
+            for c in 0..d {
+                ky[c] = dot(&k, &yt[c * m..(c + 1) * m]);
+                num[c] += (2.0 / tau) * (ky[c] - z * xi[c] as f64);
+            }
+            z_sum += z;
+        }
+        let zc = z_sum.max(Z_CLAMP);
+        for c in 0..d {
+            p[c] = match cfg.kde_clamp {
+                KdeClamp::Image => num[c] / zc,
+                KdeClamp::Toy => (2.0 / cfg.temps_kde[0]) * (ky[c] / zc - xi[c] as f64),
+            } as f32;
+        }
+        *z_slot = z_sum as f32;
+    }
+}
+
+dispatch!(kde_rows, kde_rows_avx2, kde_task,
+    (x: &[f32], yt: &[f32], d: usize, cfg: &FieldConfig, first: usize, p_rows: &mut [f32], z_rows: &mut [f32]));
+
 /// §2.3 / §2.4 on host slices (row-major `n × d`): returns `(prior, total, normalizer)`.
 pub fn total_score(x: &[f32], y: &[f32], g: &[f32], d: usize, cfg: &FieldConfig) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (n, m) = (x.len() / d, y.len() / d);
+    let n = x.len() / d;
     let yt = transpose(y, d);
     let mut prior = vec![0.0f32; n * d];
     let mut z_out = vec![0.0f32; n];
-    prior.par_chunks_mut(ROWS_PER_TASK * d).zip(z_out.par_chunks_mut(ROWS_PER_TASK)).enumerate().for_each(
-        |(task, (p_rows, z_rows))| {
-            let mut d2 = vec![0.0f32; m];
-            let mut k = vec![0.0f32; m];
-            let mut num = vec![0.0f64; d];
-            let mut ky = vec![0.0f64; d];
-            for (r, (p, z_slot)) in p_rows.chunks_mut(d).zip(z_rows.iter_mut()).enumerate() {
-                let i = task * ROWS_PER_TASK + r;
-                let xi = &x[i * d..(i + 1) * d];
-                row_dists(xi, &yt, &mut d2);
-                num.fill(0.0);
-                let mut z_sum = 0.0f64;
-                for &tau in &cfg.temps_kde {
-                    let s = (-1.0 / tau) as f32;
-                    for (kj, &dj) in k.iter_mut().zip(&d2) {
-                        *kj = exp_neg(dj * s);
-                    }
-                    let z = sum(&k);
-                    for c in 0..d {
-                        ky[c] = dot(&k, &yt[c * m..(c + 1) * m]);
-                        num[c] += (2.0 / tau) * (ky[c] - z * xi[c] as f64);
-                    }
-                    z_sum += z;
-                }
-                let zc = z_sum.max(Z_CLAMP);
-                for c in 0..d {
-                    p[c] = match cfg.kde_clamp {
-                        KdeClamp::Image => num[c] / zc,
-                        KdeClamp::Toy => (2.0 / cfg.temps_kde[0]) * (ky[c] / zc - xi[c] as f64),
-                    } as f32;
-                }
-                *z_slot = z_sum as f32;
-            }
-        },
-    );
+    prior
+        .par_chunks_mut(ROWS_PER_TASK * d)
+        .zip(z_out.par_chunks_mut(ROWS_PER_TASK))
+        .enumerate()
+        .for_each(|(task, (p_rows, z_rows))| kde_rows(x, &yt, d, cfg, task * ROWS_PER_TASK, p_rows, z_rows));
     let total = prior.iter().zip(g).map(|(s, gi)| s + cfg.beta as f32 * gi).collect();
     (prior, total, z_out)
 }
+
+/// Stein rows `first..` of §3.2–§3.3 into `dr_rows` (driving) and `rp_rows` (repulsion).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn stein_task(
+    x_rows: &[f32],
+    xt: &[f32],
+    ut: &[f32],
+    d: usize,
+    n_global: usize,
+    cfg: &FieldConfig,
+    first: usize,
+    dr_rows: &mut [f32],
+    rp_rows: &mut [f32],
+) {
+    let n = xt.len() / d;
+    let inv_n = 1.0 / n_global as f64;
+    let rep_scale = cfg.repulsion_factor() * inv_n;
+    let mut d2 = vec![0.0f32; n];
+    let mut k = vec![0.0f32; n];
+    let mut ks = vec![0.0f32; n];
+    let mut rep = vec![0.0f64; d];
+    for (r, (dr, rp)) in dr_rows.chunks_mut(d).zip(rp_rows.chunks_mut(d)).enumerate() {
+        let i = first + r;
+        let xi = &x_rows[i * d..(i + 1) * d];
+        row_dists(xi, xt, &mut d2);
+        rep.fill(0.0);
+        ks.fill(0.0);
+        for &t in &cfg.temps_stein {
+            let s = (-1.0 / t) as f32;
+            for ((kj, ksj), &dj) in k.iter_mut().zip(ks.iter_mut()).zip(&d2) {
+                *kj = exp_neg(dj * s);
+                *ksj += *kj;
+            }
+            // Σ_j k_ij (x_i − x_j) = x_i Σ_j k_ij − Σ_j k_ij x_j
+            let z = sum(&k);
+            for c in 0..d {
+                rep[c] += (z * xi[c] as f64 - dot(&k, &xt[c * n..(c + 1) * n])) / t;
+            }
+        }
+        for c in 0..d {
+            dr[c] = (dot(&ks, &ut[c * n..(c + 1) * n]) * inv_n) as f32;
+            rp[c] = (rep[c] * rep_scale) as f32;
+        }
+    }
+}
+
+dispatch!(stein_rows, stein_rows_avx2, stein_task,
+    (x_rows: &[f32], xt: &[f32], ut: &[f32], d: usize, n_global: usize, cfg: &FieldConfig, first: usize,
+     dr_rows: &mut [f32], rp_rows: &mut [f32]));
 
 /// §3.2–§3.5 on host slices: returns `(driving, repulsive)` for the rows `x_rows` against the
 /// gathered `x_all` and `u_all`.
@@ -134,41 +217,12 @@ pub fn velocity(
     n_global: usize,
     cfg: &FieldConfig,
 ) -> (Vec<f32>, Vec<f32>) {
-    let n = x_all.len() / d;
     let (xt, ut) = (transpose(x_all, d), transpose(u_all, d));
-    let inv_n = 1.0 / n_global as f64;
-    let rep_scale = cfg.repulsion_factor() * inv_n;
     let mut driving = vec![0.0f32; x_rows.len()];
     let mut repulsive = vec![0.0f32; x_rows.len()];
     driving.par_chunks_mut(ROWS_PER_TASK * d).zip(repulsive.par_chunks_mut(ROWS_PER_TASK * d)).enumerate().for_each(
         |(task, (dr_rows, rp_rows))| {
-            let mut d2 = vec![0.0f32; n];
-            let mut k = vec![0.0f32; n];
-            let mut ks = vec![0.0f32; n];
-            let mut rep = vec![0.0f64; d];
-            for (r, (dr, rp)) in dr_rows.chunks_mut(d).zip(rp_rows.chunks_mut(d)).enumerate() {
-                let i = task * ROWS_PER_TASK + r;
-                let xi = &x_rows[i * d..(i + 1) * d];
-                row_dists(xi, &xt, &mut d2);
-                rep.fill(0.0);
-                ks.fill(0.0);
-                for &t in &cfg.temps_stein {
-                    let s = (-1.0 / t) as f32;
-                    for ((kj, ksj), &dj) in k.iter_mut().zip(ks.iter_mut()).zip(&d2) {
-                        *kj = exp_neg(dj * s);
-                        *ksj += *kj;
-                    }
-                    // Σ_j k_ij (x_i − x_j) = x_i Σ_j k_ij − Σ_j k_ij x_j
-                    let z = sum(&k);
-                    for c in 0..d {
-                        rep[c] += (z * xi[c] as f64 - dot(&k, &xt[c * n..(c + 1) * n])) / t;
-                    }
-                }
-                for c in 0..d {
-                    dr[c] = (dot(&ks, &ut[c * n..(c + 1) * n]) * inv_n) as f32;
-                    rp[c] = (rep[c] * rep_scale) as f32;
-                }
-            }
+            stein_rows(x_rows, &xt, &ut, d, n_global, cfg, task * ROWS_PER_TASK, dr_rows, rp_rows)
         },
     );
     (driving, repulsive)
