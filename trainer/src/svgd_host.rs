@@ -157,20 +157,21 @@ pub fn total_score(x: &[f32], y: &[f32], g: &[f32], d: usize, cfg: &FieldConfig)
     (prior, total, z_out)
 }
 
-/// Stein rows `first..` of §3.2–§3.3 into `dr_rows` (driving) and `rp_rows` (repulsion).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn stein_task(
-    x_rows: &[f32],
-    xt: &[f32],
-    ut: &[f32],
+/// The read-only inputs of the Stein rows: own rows, gathered columns (column-major) and their
+/// total scores (column-major).
+struct SteinInputs<'a> {
+    x_rows: &'a [f32],
+    xt: &'a [f32],
+    ut: &'a [f32],
     d: usize,
     n_global: usize,
-    cfg: &FieldConfig,
-    first: usize,
-    dr_rows: &mut [f32],
-    rp_rows: &mut [f32],
-) {
+    cfg: &'a FieldConfig,
+}
+
+/// Stein rows `first..` of §3.2–§3.3 into `dr_rows` (driving) and `rp_rows` (repulsion).
+#[inline(always)]
+fn stein_task(inp: &SteinInputs, first: usize, dr_rows: &mut [f32], rp_rows: &mut [f32]) {
+    let SteinInputs { x_rows, xt, ut, d, n_global, cfg } = *inp;
     let n = xt.len() / d;
     let inv_n = 1.0 / n_global as f64;
     let rep_scale = cfg.repulsion_factor() * inv_n;
@@ -203,9 +204,7 @@ fn stein_task(
     }
 }
 
-dispatch!(stein_rows, stein_rows_avx2, stein_task,
-    (x_rows: &[f32], xt: &[f32], ut: &[f32], d: usize, n_global: usize, cfg: &FieldConfig, first: usize,
-     dr_rows: &mut [f32], rp_rows: &mut [f32]));
+dispatch!(stein_rows, stein_rows_avx2, stein_task, (inp: &SteinInputs, first: usize, dr_rows: &mut [f32], rp_rows: &mut [f32]));
 
 /// §3.2–§3.5 on host slices: returns `(driving, repulsive)` for the rows `x_rows` against the
 /// gathered `x_all` and `u_all`.
@@ -218,13 +217,14 @@ pub fn velocity(
     cfg: &FieldConfig,
 ) -> (Vec<f32>, Vec<f32>) {
     let (xt, ut) = (transpose(x_all, d), transpose(u_all, d));
+    let inp = SteinInputs { x_rows, xt: &xt, ut: &ut, d, n_global, cfg };
     let mut driving = vec![0.0f32; x_rows.len()];
     let mut repulsive = vec![0.0f32; x_rows.len()];
-    driving.par_chunks_mut(ROWS_PER_TASK * d).zip(repulsive.par_chunks_mut(ROWS_PER_TASK * d)).enumerate().for_each(
-        |(task, (dr_rows, rp_rows))| {
-            stein_rows(x_rows, &xt, &ut, d, n_global, cfg, task * ROWS_PER_TASK, dr_rows, rp_rows)
-        },
-    );
+    driving
+        .par_chunks_mut(ROWS_PER_TASK * d)
+        .zip(repulsive.par_chunks_mut(ROWS_PER_TASK * d))
+        .enumerate()
+        .for_each(|(task, (dr_rows, rp_rows))| stein_rows(&inp, task * ROWS_PER_TASK, dr_rows, rp_rows));
     (driving, repulsive)
 }
 
