@@ -77,6 +77,29 @@ fn same_global_batch_on_1_2_4_ranks_gives_the_same_weights() {
         assert_eq!(s["world_size"], np, "summary.json records the world size");
         runs.push((np, load(&out.join("final.safetensors"))));
     }
+    assert_close(&runs);
+
+    // Two conditions per step and the black-box (NES) gradient: each particle's estimate is
+    // made once, by its owner, from its own seeds — so the ranks still agree with one process.
+    let mut runs = Vec::new();
+    for np in [1usize, 2] {
+        let out = d.join(format!("c2-nes-np{np}"));
+        let o = mpirun(np)
+            .arg(fav)
+            .args(job_args(&d))
+            .args(["--set", "steps=20", "--set", "eval.every=20", "--set", "fav.batch=1024"])
+            .args(["--set", "fav.conditions=2", "--set", "fav.reward_grad=nes", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "np {np}: {}", String::from_utf8_lossy(&o.stderr));
+        runs.push((np, load(&out.join("final.safetensors"))));
+    }
+    assert_close(&runs);
+}
+
+/// Every run's weights equal the first run's up to float rounding.
+fn assert_close(runs: &[(usize, Vec<(String, Vec<f32>)>)]) {
     let (_, reference) = &runs[0];
     for (np, tensors) in &runs[1..] {
         assert_eq!(tensors.len(), reference.len());

@@ -125,3 +125,64 @@ pub fn broadcast_module<M: Module + ModuleSnapshot>(
     module.load_from(&mut store)?;
     Ok(module)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generators::{Family, Sampler};
+
+    /// Rank 0 of a two-rank world whose peer reports `peer` as its digest block.
+    struct TwoRanks {
+        peer: Option<Vec<f32>>,
+    }
+
+    impl Collective for TwoRanks {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+            out[..local.len()].copy_from_slice(local);
+            out[local.len()..].copy_from_slice(self.peer.as_deref().unwrap_or(local));
+            Ok(())
+        }
+        fn all_reduce_sum(&self, _: &mut [f32]) -> Result<(), CommError> {
+            Ok(())
+        }
+        fn broadcast(&self, _: &mut [u8], _: usize) -> Result<(), CommError> {
+            Ok(())
+        }
+        fn barrier(&self) -> Result<(), CommError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn divergence_is_detected_and_named() {
+        let net = Sampler { family: Family::Vae, steps: 1 }.new_net(&Device::flex());
+        check_in_sync(&net, &TwoRanks { peer: None }, 10).unwrap();
+        let e = check_in_sync(&net, &TwoRanks { peer: Some(vec![1.0; 4]) }, 10).unwrap_err();
+        assert!(e.contains("diverged at step 10") && e.contains("[1]"), "{e}");
+    }
+
+    #[test]
+    fn gradient_bucket_round_trips() {
+        // Flatten → (identity all-reduce) → unflatten restores every gradient exactly.
+        let dev = Device::flex();
+        let ad = dev.clone().autodiff();
+        let net = Sampler { family: Family::Vae, steps: 1 }.new_net(&ad);
+        let x = net.forward(Tensor::<2>::ones([4, 8], &ad));
+        let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &net);
+        let mut f = Flatten { grads: &grads, out: Vec::new() };
+        net.visit(&mut f);
+        let flat = f.out;
+        assert_eq!(flat.len(), net.num_params());
+        let mut u = Unflatten { flat: &flat, pos: 0, grads: GradientsParams::new(), device: dev };
+        net.visit(&mut u);
+        let mut again = Flatten { grads: &u.grads, out: Vec::new() };
+        net.visit(&mut again);
+        assert_eq!(again.out, flat);
+    }
+}
