@@ -41,7 +41,10 @@ fn job_args(dir: &Path) -> Vec<String> {
     a
 }
 
-fn load(path: &Path) -> Vec<(String, Vec<f32>)> {
+/// Tensors of a safetensors file by name, sorted.
+type Weights = Vec<(String, Vec<f32>)>;
+
+fn load(path: &Path) -> Weights {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut out: Vec<(String, Vec<f32>)> = st
@@ -99,7 +102,7 @@ fn same_global_batch_on_1_2_4_ranks_gives_the_same_weights() {
 }
 
 /// Every run's weights equal the first run's up to float rounding.
-fn assert_close(runs: &[(usize, Vec<(String, Vec<f32>)>)]) {
+fn assert_close(runs: &[(usize, Weights)]) {
     let (_, reference) = &runs[0];
     for (np, tensors) in &runs[1..] {
         assert_eq!(tensors.len(), reference.len());
