@@ -1,0 +1,278 @@
+//! The store: opening a URL, writing a checkpoint (parts, then the manifest), finding and
+//! verifying the latest one, pruning old ones.
+
+use crate::{sha256_hex, step_dir, Manifest, Part, LAYOUT_VERSION, MANIFEST};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("checkpoint store {url}: {reason}")]
+    Open { url: String, reason: String },
+    #[error("checkpoint store {url}: {op} {path}: {reason}")]
+    Io { url: String, op: &'static str, path: String, reason: String },
+    #[error("checkpoint {path} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+/// A checkpoint store rooted at a prefix.
+pub struct Store {
+    os: Arc<dyn ObjectStore>,
+    root: Path,
+    /// The URL as shown to people: never with credentials.
+    url: String,
+    /// Multipart part size for large parts.
+    part_size: usize,
+    /// The directory, for a local store: emptied step folders are removed (S3 has no folders).
+    local_dir: Option<std::path::PathBuf>,
+}
+
+/// Default multipart part size (S3 needs ≥ 5 MiB for all but the last part).
+pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+/// Parts in flight per upload: bounds memory to about this many part buffers.
+const MAX_CONCURRENT_PARTS: usize = 4;
+
+impl Store {
+    /// Open `url`: a plain path or `file://` URL (created if missing), or `s3://bucket/prefix`.
+    /// S3 reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`
+    /// (or `AWS_ENDPOINT`) and `AWS_ALLOW_HTTP`. Requests time out instead of hanging: a server
+    /// that stops answering costs at most a few retries of `request_timeout`.
+    pub fn open(url: &str, part_size: usize) -> Result<Self, StorageError> {
+        let open_err = |reason: String| StorageError::Open { url: url.to_string(), reason };
+        if part_size < 5 << 20 {
+            return Err(open_err(format!("part size {part_size} is below the 5 MiB S3 minimum")));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(open_err("no bucket name".into()));
+            }
+            let client = ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(60))
+                .with_allow_http(std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1"));
+            let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(90), ..Default::default() };
+            let mut b =
+                AmazonS3Builder::from_env().with_bucket_name(bucket).with_client_options(client).with_retry(retry);
+            if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL") {
+                b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+            }
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+                b = b.with_region("us-east-1");
+            }
+            let os = b.build().map_err(|e| open_err(e.to_string()))?;
+            return Ok(Self {
+                os: Arc::new(os),
+                root: Path::from(prefix),
+                url: url.to_string(),
+                part_size,
+                local_dir: None,
+            });
+        }
+        let dir = match url.strip_prefix("file://") {
+            Some(p) => std::path::PathBuf::from(p),
+            None if url.contains("://") => {
+                return Err(open_err("unsupported scheme (use a path, file:// or s3://)".into()));
+            }
+            None => std::path::PathBuf::from(url),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| open_err(e.to_string()))?;
+        let os = LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
+        Ok(Self { os: Arc::new(os), root: Path::default(), url: url.to_string(), part_size, local_dir: Some(dir) })
+    }
+
+    /// The store's URL, safe to log.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, rel: &str) -> Path {
+        let mut p = self.root.clone();
+        for seg in rel.split('/') {
+            p = p.join(seg);
+        }
+        p
+    }
+
+    fn io(&self, op: &'static str, path: &Path, e: impl std::fmt::Display) -> StorageError {
+        StorageError::Io { url: self.url.clone(), op, path: path.to_string(), reason: e.to_string() }
+    }
+
+    /// Fail now (not at the first save) when the store cannot be listed: a missing bucket, bad
+    /// credentials or an unreachable server.
+    pub async fn check(&self) -> Result<(), StorageError> {
+        self.os.list_with_delimiter(Some(&self.root)).await.map_err(|e| self.io("list", &self.root, e))?;
+        Ok(())
+    }
+
+    /// Upload one part: a single put when small, a bounded multipart upload otherwise (aborted
+    /// on failure, so no upload is left behind).
+    async fn put_part(&self, path: &Path, data: &Bytes) -> Result<(), StorageError> {
+        if data.len() <= self.part_size {
+            self.os.put(path, PutPayload::from(data.clone())).await.map_err(|e| self.io("put", path, e))?;
+            return Ok(());
+        }
+        let upload = self.os.put_multipart(path).await.map_err(|e| self.io("start multipart upload", path, e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+        for chunk in data.chunks(self.part_size) {
+            if let Err(e) = w.wait_for_capacity(MAX_CONCURRENT_PARTS).await {
+                let _ = w.abort().await;
+                return Err(self.io("multipart upload", path, e));
+            }
+            w.write(chunk);
+        }
+        w.finish().await.map_err(|e| self.io("finish multipart upload", path, e))?;
+        Ok(())
+    }
+
+    /// Write checkpoint `step`: every part, then the manifest with a conditional create. A
+    /// manifest that already exists for this step is kept (the step was saved before).
+    pub async fn write(
+        &self,
+        step: u64,
+        config_hash: &str,
+        parts: Vec<(String, Bytes)>,
+        meta: serde_json::Value,
+    ) -> Result<Manifest, StorageError> {
+        let dir = step_dir(step);
+        let mut listed = Vec::with_capacity(parts.len());
+        for (name, data) in &parts {
+            if name.is_empty() || name.contains('/') || name == MANIFEST {
+                return Err(self.io("put", &self.path(&dir), format!("invalid part name {name:?}")));
+            }
+            self.put_part(&self.path(&format!("{dir}/{name}")), data).await?;
+            listed.push(Part { name: name.clone(), size: data.len() as u64, sha256: sha256_hex(data) });
+        }
+        let manifest =
+            Manifest { version: LAYOUT_VERSION, step, config_hash: config_hash.to_string(), parts: listed, meta };
+        let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        let path = self.path(&format!("{dir}/{MANIFEST}"));
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.os.put_opts(&path, PutPayload::from(body), opts).await {
+            Ok(_) => Ok(manifest),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                tracing::warn!(step, "checkpoint {dir} already has a manifest; keeping it");
+                self.read_manifest(step).await
+            }
+            Err(e) => Err(self.io("put", &path, e)),
+        }
+    }
+
+    /// Steps that have a folder in the store, complete or not, newest first.
+    pub async fn steps(&self) -> Result<Vec<u64>, StorageError> {
+        let list = self.os.list_with_delimiter(Some(&self.root)).await.map_err(|e| self.io("list", &self.root, e))?;
+        let mut steps: Vec<u64> = list
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|f| f.strip_prefix("step-")).and_then(|s| s.parse().ok()))
+            .collect();
+        steps.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(steps)
+    }
+
+    /// The manifest of `step`, parsed and checked against its folder name.
+    pub async fn read_manifest(&self, step: u64) -> Result<Manifest, StorageError> {
+        let path = self.path(&format!("{}/{MANIFEST}", step_dir(step)));
+        let bytes = self
+            .os
+            .get(&path)
+            .await
+            .map_err(|e| self.io("get", &path, e))?
+            .bytes()
+            .await
+            .map_err(|e| self.io("get", &path, e))?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageError::Corrupt { path: path.to_string(), reason: format!("manifest: {e}") })?;
+        if m.step != step || m.version != LAYOUT_VERSION {
+            let reason = format!("manifest says step {} layout {} in folder of step {step}", m.step, m.version);
+            return Err(StorageError::Corrupt { path: path.to_string(), reason });
+        }
+        Ok(m)
+    }
+
+    /// Every part of checkpoint `step`, each checked against the manifest's size and SHA-256.
+    pub async fn read(&self, step: u64) -> Result<(Manifest, HashMap<String, Bytes>), StorageError> {
+        let m = self.read_manifest(step).await?;
+        let mut parts = HashMap::new();
+        for p in &m.parts {
+            let path = self.path(&format!("{}/{}", step_dir(step), p.name));
+            let data = self
+                .os
+                .get(&path)
+                .await
+                .map_err(|e| self.io("get", &path, e))?
+                .bytes()
+                .await
+                .map_err(|e| self.io("get", &path, e))?;
+            if data.len() as u64 != p.size {
+                let reason = format!("{} bytes, the manifest says {}", data.len(), p.size);
+                return Err(StorageError::Corrupt { path: path.to_string(), reason });
+            }
+            if sha256_hex(&data) != p.sha256 {
+                return Err(StorageError::Corrupt { path: path.to_string(), reason: "SHA-256 mismatch".into() });
+            }
+            parts.insert(p.name.clone(), data);
+        }
+        Ok((m, parts))
+    }
+
+    /// The newest checkpoint that is complete and intact; corrupt or incomplete ones are skipped
+    /// with a warning. `Ok(None)` when there is none.
+    pub async fn latest(&self) -> Result<Option<(Manifest, HashMap<String, Bytes>)>, StorageError> {
+        for step in self.steps().await? {
+            match self.read(step).await {
+                Ok(found) => return Ok(Some(found)),
+                Err(e @ StorageError::Corrupt { .. }) => tracing::warn!("skipping checkpoint: {e}"),
+                Err(StorageError::Io { op: "get", ref path, .. }) if path.ends_with(MANIFEST) => {
+                    tracing::debug!(step, "no manifest: an incomplete or in-progress checkpoint")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Keep the newest `keep` complete checkpoints (at least one); delete older complete ones and
+    /// incomplete folders older than the newest complete one. Folders newer than that may be
+    /// uploads in progress and are left alone.
+    pub async fn prune(&self, keep: usize) -> Result<Vec<u64>, StorageError> {
+        let steps = self.steps().await?;
+        let mut complete = Vec::new();
+        for &s in &steps {
+            if self.read_manifest(s).await.is_ok() {
+                complete.push(s);
+            }
+        }
+        let Some(&newest) = complete.first() else { return Ok(Vec::new()) };
+        let kept: Vec<u64> = complete.iter().copied().take(keep.max(1)).collect();
+        let mut deleted = Vec::new();
+        for s in steps {
+            if s > newest || kept.contains(&s) {
+                continue;
+            }
+            let prefix = self.path(&step_dir(s));
+            let objects: Vec<_> =
+                self.os.list(Some(&prefix)).try_collect().await.map_err(|e| self.io("list", &prefix, e))?;
+            // The manifest goes first, so a half-deleted folder is never taken for complete.
+            let (manifests, others): (Vec<_>, Vec<_>) =
+                objects.into_iter().partition(|o| o.location.filename() == Some(MANIFEST));
+            for o in manifests.into_iter().chain(others) {
+                self.os.delete(&o.location).await.map_err(|e| self.io("delete", &o.location, e))?;
+            }
+            if let Some(dir) = &self.local_dir {
+                let _ = std::fs::remove_dir(dir.join(step_dir(s)));
+            }
+            deleted.push(s);
+        }
+        Ok(deleted)
+    }
+}

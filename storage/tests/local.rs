@@ -1,0 +1,101 @@
+//! The checkpoint store on a local directory: complete checkpoints round-trip; damaged ones are
+//! detected by their manifest and skipped for the previous one; pruning keeps the newest.
+
+use bytes::Bytes;
+use fav_storage::{step_dir, StorageError, Store, DEFAULT_PART_SIZE, MANIFEST};
+use std::path::Path;
+
+fn parts(step: u64, big: usize) -> Vec<(String, Bytes)> {
+    let model: Vec<u8> = (0..big).map(|i| (i as u64 * 31 + step) as u8).collect();
+    vec![
+        ("model.safetensors".into(), Bytes::from(model)),
+        ("state.json".into(), Bytes::from(format!("{{\"step\":{step}}}"))),
+    ]
+}
+
+fn store(dir: &Path) -> Store {
+    Store::open(dir.to_str().unwrap(), DEFAULT_PART_SIZE).unwrap()
+}
+
+#[tokio::test]
+async fn checkpoints_round_trip_and_the_latest_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    s.check().await.unwrap();
+    assert!(s.latest().await.unwrap().is_none());
+    // A part larger than the multipart part size goes up in several parts.
+    for step in [10u64, 20, 30] {
+        let m = s.write(step, "cfg", parts(step, 20 << 20), serde_json::json!({"world_size": 1})).await.unwrap();
+        assert_eq!(m.parts.len(), 2);
+    }
+    let (m, got) = s.latest().await.unwrap().unwrap();
+    assert_eq!(m.step, 30);
+    assert_eq!(got["model.safetensors"], parts(30, 20 << 20)[0].1);
+    assert_eq!(&got["state.json"][..], b"{\"step\":30}");
+    assert_eq!(s.steps().await.unwrap(), vec![30, 20, 10]);
+}
+
+#[tokio::test]
+async fn damaged_checkpoints_fall_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    s.write(1, "cfg", parts(1, 1000), serde_json::Value::Null).await.unwrap();
+    s.write(2, "cfg", parts(2, 1000), serde_json::Value::Null).await.unwrap();
+    // Corrupt a byte of step 2's model: detected by the checksum.
+    let model = dir.path().join(step_dir(2)).join("model.safetensors");
+    let mut b = std::fs::read(&model).unwrap();
+    b[10] ^= 0xff;
+    std::fs::write(&model, &b).unwrap();
+    assert!(matches!(s.read(2).await, Err(StorageError::Corrupt { .. })));
+    assert_eq!(s.latest().await.unwrap().unwrap().0.step, 1);
+    // Truncated part: detected by the size.
+    s.write(3, "cfg", parts(3, 1000), serde_json::Value::Null).await.unwrap();
+    let model = dir.path().join(step_dir(3)).join("model.safetensors");
+    std::fs::write(&model, &std::fs::read(&model).unwrap()[..500]).unwrap();
+    let e = s.read(3).await.unwrap_err().to_string();
+    assert!(e.contains("500 bytes"), "{e}");
+    // Garbled manifest; and a folder without one (an interrupted save).
+    s.write(4, "cfg", parts(4, 1000), serde_json::Value::Null).await.unwrap();
+    std::fs::write(dir.path().join(step_dir(4)).join(MANIFEST), b"{ not json").unwrap();
+    std::fs::create_dir_all(dir.path().join(step_dir(5))).unwrap();
+    std::fs::write(dir.path().join(step_dir(5)).join("model.safetensors"), b"partial").unwrap();
+    assert_eq!(s.latest().await.unwrap().unwrap().0.step, 1);
+}
+
+#[tokio::test]
+async fn a_saved_manifest_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let first = s.write(7, "cfg-a", parts(7, 100), serde_json::Value::Null).await.unwrap();
+    let again = s.write(7, "cfg-b", parts(7, 100), serde_json::Value::Null).await.unwrap();
+    assert_eq!(again.config_hash, first.config_hash, "conditional create keeps the first manifest");
+}
+
+#[tokio::test]
+async fn pruning_keeps_the_newest_complete_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    for step in 1..=5u64 {
+        s.write(step, "cfg", parts(step, 100), serde_json::Value::Null).await.unwrap();
+    }
+    // An incomplete newer folder (an upload in progress) is left alone.
+    std::fs::create_dir_all(dir.path().join(step_dir(6))).unwrap();
+    std::fs::write(dir.path().join(step_dir(6)).join("model.safetensors"), b"partial").unwrap();
+    let deleted = s.prune(2).await.unwrap();
+    assert_eq!(deleted, vec![3, 2, 1]);
+    assert_eq!(s.steps().await.unwrap(), vec![6, 5, 4]);
+    assert_eq!(s.latest().await.unwrap().unwrap().0.step, 5);
+    // keep = 0 still keeps the newest complete one.
+    s.prune(0).await.unwrap();
+    assert_eq!(s.latest().await.unwrap().unwrap().0.step, 5);
+}
+
+#[test]
+fn bad_urls_are_refused_naming_them() {
+    let e = Store::open("ftp://x/y", DEFAULT_PART_SIZE).err().unwrap().to_string();
+    assert!(e.contains("ftp://x/y") && e.contains("unsupported scheme"), "{e}");
+    let e = Store::open("s3:///prefix", DEFAULT_PART_SIZE).err().unwrap().to_string();
+    assert!(e.contains("no bucket"), "{e}");
+    let e = Store::open("/tmp/x", 1 << 20).err().unwrap().to_string();
+    assert!(e.contains("5 MiB"), "{e}");
+}
