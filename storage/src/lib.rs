@@ -1,7 +1,8 @@
 //! Checkpoints on object storage: a local directory (a plain path or `file://` URL) or any
 //! S3-compatible service (`s3://bucket/prefix`, configured by the standard `AWS_*` variables).
 //!
-//! A checkpoint is a set of parts under `<prefix>/step-<step>/` plus `manifest.json`, which lists
+//! A checkpoint is a set of parts under `<prefix>/step-<step>/<attempt>/` plus
+//! `<prefix>/step-<step>/manifest.json`, which lists
 //! every part with its size and SHA-256 and is written **last** with a conditional create: a
 //! checkpoint without a valid manifest does not exist, and one whose parts do not match their
 //! manifest is skipped with a warning, so the previous one is used.
@@ -15,7 +16,12 @@ use serde::{Deserialize, Serialize};
 /// One part of a checkpoint as the manifest records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
+    /// The part's logical name (`model.safetensors`, …).
     pub name: String,
+    /// Where it is stored, relative to the step folder: `<attempt>/<name>`. Each save writes
+    /// into its own attempt folder, so a second save of the same step can never overwrite the
+    /// parts that an existing manifest points at.
+    pub key: String,
     pub size: u64,
     pub sha256: String,
 }

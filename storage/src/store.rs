@@ -134,8 +134,9 @@ impl Store {
         Ok(())
     }
 
-    /// Write checkpoint `step`: every part, then the manifest with a conditional create. A
-    /// manifest that already exists for this step is kept (the step was saved before).
+    /// Write checkpoint `step`: every part into a fresh attempt folder, then the manifest with a
+    /// conditional create. When the step already has a manifest (it was saved before, or another
+    /// writer won), that one is kept and this attempt's parts are deleted again.
     pub async fn write(
         &self,
         step: u64,
@@ -143,14 +144,20 @@ impl Store {
         parts: Vec<(String, Bytes)>,
         meta: serde_json::Value,
     ) -> Result<Manifest, StorageError> {
+        if let Ok(existing) = self.read_manifest(step).await {
+            tracing::warn!(step, "checkpoint {} already exists; keeping it", step_dir(step));
+            return Ok(existing);
+        }
         let dir = step_dir(step);
+        let attempt = attempt_id();
         let mut listed = Vec::with_capacity(parts.len());
         for (name, data) in &parts {
             if name.is_empty() || name.contains('/') || name == MANIFEST {
                 return Err(self.io("put", &self.path(&dir), format!("invalid part name {name:?}")));
             }
-            self.put_part(&self.path(&format!("{dir}/{name}")), data).await?;
-            listed.push(Part { name: name.clone(), size: data.len() as u64, sha256: sha256_hex(data) });
+            let key = format!("{attempt}/{name}");
+            self.put_part(&self.path(&format!("{dir}/{key}")), data).await?;
+            listed.push(Part { name: name.clone(), key, size: data.len() as u64, sha256: sha256_hex(data) });
         }
         let manifest =
             Manifest { version: LAYOUT_VERSION, step, config_hash: config_hash.to_string(), parts: listed, meta };
@@ -160,22 +167,32 @@ impl Store {
         match self.os.put_opts(&path, PutPayload::from(body), opts).await {
             Ok(_) => Ok(manifest),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                tracing::warn!(step, "checkpoint {dir} already has a manifest; keeping it");
+                tracing::warn!(step, "another writer saved {dir} first; keeping its checkpoint");
+                for p in &manifest.parts {
+                    let _ = self.os.delete(&self.path(&format!("{dir}/{}", p.key))).await;
+                }
                 self.read_manifest(step).await
             }
             Err(e) => Err(self.io("put", &path, e)),
         }
     }
 
-    /// Steps that have a folder in the store, complete or not, newest first.
+    /// Steps that have objects in the store, complete or not, newest first. (Emptied folders
+    /// linger on filesystem-backed stores, local or server; they do not count.)
     pub async fn steps(&self) -> Result<Vec<u64>, StorageError> {
         let list = self.os.list_with_delimiter(Some(&self.root)).await.map_err(|e| self.io("list", &self.root, e))?;
-        let mut steps: Vec<u64> = list
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().and_then(|f| f.strip_prefix("step-")).and_then(|s| s.parse().ok()))
-            .collect();
-        steps.sort_unstable_by(|a, b| b.cmp(a));
+        let mut steps = Vec::new();
+        for prefix in &list.common_prefixes {
+            let Some(step) = prefix.filename().and_then(|f| f.strip_prefix("step-")).and_then(|s| s.parse().ok())
+            else {
+                continue;
+            };
+            let first = self.os.list(Some(prefix)).try_next().await.map_err(|e| self.io("list", prefix, e))?;
+            if first.is_some() {
+                steps.push(step);
+            }
+        }
+        steps.sort_unstable_by(|a: &u64, b| b.cmp(a));
         Ok(steps)
     }
 
@@ -204,7 +221,11 @@ impl Store {
         let m = self.read_manifest(step).await?;
         let mut parts = HashMap::new();
         for p in &m.parts {
-            let path = self.path(&format!("{}/{}", step_dir(step), p.name));
+            if p.key.split('/').any(|seg| seg.is_empty() || seg == "..") {
+                let path = self.path(&step_dir(step)).to_string();
+                return Err(StorageError::Corrupt { path, reason: format!("bad part key {:?}", p.key) });
+            }
+            let path = self.path(&format!("{}/{}", step_dir(step), p.key));
             let data = self
                 .os
                 .get(&path)
@@ -269,10 +290,18 @@ impl Store {
                 self.os.delete(&o.location).await.map_err(|e| self.io("delete", &o.location, e))?;
             }
             if let Some(dir) = &self.local_dir {
-                let _ = std::fs::remove_dir(dir.join(step_dir(s)));
+                // Only empty folders are left once every object is deleted.
+                let _ = std::fs::remove_dir_all(dir.join(step_dir(s)));
             }
             deleted.push(s);
         }
         Ok(deleted)
     }
+}
+
+/// A name for one save attempt, unique across processes and time.
+fn attempt_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let id = sha256_hex(format!("{nanos}-{}-{:p}", std::process::id(), &nanos).as_bytes());
+    format!("a{}", &id[..12])
 }

@@ -42,7 +42,8 @@ async fn damaged_checkpoints_fall_back_to_the_previous_one() {
     s.write(1, "cfg", parts(1, 1000), serde_json::Value::Null).await.unwrap();
     s.write(2, "cfg", parts(2, 1000), serde_json::Value::Null).await.unwrap();
     // Corrupt a byte of step 2's model: detected by the checksum.
-    let model = dir.path().join(step_dir(2)).join("model.safetensors");
+    let key = |step: u64| s.read_manifest(step);
+    let model = dir.path().join(step_dir(2)).join(&key(2).await.unwrap().parts[0].key);
     let mut b = std::fs::read(&model).unwrap();
     b[10] ^= 0xff;
     std::fs::write(&model, &b).unwrap();
@@ -50,7 +51,7 @@ async fn damaged_checkpoints_fall_back_to_the_previous_one() {
     assert_eq!(s.latest().await.unwrap().unwrap().0.step, 1);
     // Truncated part: detected by the size.
     s.write(3, "cfg", parts(3, 1000), serde_json::Value::Null).await.unwrap();
-    let model = dir.path().join(step_dir(3)).join("model.safetensors");
+    let model = dir.path().join(step_dir(3)).join(&key(3).await.unwrap().parts[0].key);
     std::fs::write(&model, &std::fs::read(&model).unwrap()[..500]).unwrap();
     let e = s.read(3).await.unwrap_err().to_string();
     assert!(e.contains("500 bytes"), "{e}");
@@ -67,8 +68,10 @@ async fn a_saved_manifest_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let first = s.write(7, "cfg-a", parts(7, 100), serde_json::Value::Null).await.unwrap();
-    let again = s.write(7, "cfg-b", parts(7, 100), serde_json::Value::Null).await.unwrap();
-    assert_eq!(again.config_hash, first.config_hash, "conditional create keeps the first manifest");
+    let again = s.write(7, "cfg-b", parts(8, 10), serde_json::Value::Null).await.unwrap();
+    assert_eq!(again, first, "the first manifest is kept");
+    // …and its parts are untouched.
+    assert_eq!(s.read(7).await.unwrap().1["model.safetensors"], parts(7, 100)[0].1);
 }
 
 #[tokio::test]
