@@ -37,6 +37,10 @@ enum Command {
         /// Run directory (default: runs/<config name>-seed<seed>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// `auto`: continue from the latest complete checkpoint in the run's store, if any;
+        /// `none`: start afresh; or a store URL (path, file://, s3://) to continue from.
+        #[arg(long, default_value = "auto", value_name = "auto|none|URL")]
+        resume: String,
     },
     /// Measure the toy FAV step and the transport-field throughput against GEMM.
     Bench {
@@ -77,7 +81,12 @@ fn init_logging(format: LogFormat) {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train { config, overrides, out } => {
+        Command::Train { config, overrides, out, resume } => {
+            let resume = match resume.as_str() {
+                "auto" => fav_trainer::job::Resume::Auto,
+                "none" => fav_trainer::job::Resume::Fresh,
+                url => fav_trainer::job::Resume::From(url.to_string()),
+            };
             let cfg = settings::load(config.as_deref(), &overrides)?;
             let name = config
                 .as_ref()
@@ -91,7 +100,7 @@ fn run(cli: Cli) -> Result<()> {
                     family = ?cfg.model.family, steps = cfg.steps, seed = cfg.seed, "starting");
             }
             let mut reporter = progress::Reporter::new(comm.rank() == 0);
-            let result = fav_trainer::job::run_on(&cfg, &out, &mut reporter, comm.as_ref());
+            let result = fav_trainer::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume);
             drop(reporter);
             let s = match result {
                 Ok(Some(s)) => s,

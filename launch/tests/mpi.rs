@@ -178,3 +178,33 @@ fn a_dead_rank_ends_the_job_instead_of_hanging_it() {
     assert!(!status.success(), "a job that lost a rank must exit non-zero");
     eprintln!("job ended {:.1} s after the kill with {status}", killed.elapsed().as_secs_f64());
 }
+
+#[test]
+fn a_checkpoint_from_2_ranks_resumes_on_1() {
+    let d = tmp("reshape");
+    let fav = env!("CARGO_BIN_EXE_fav");
+    let run = |np: usize, steps: usize, out: &Path| {
+        let o = mpirun(np)
+            .arg(fav)
+            .args(job_args(&d))
+            .args([
+                "--set",
+                &format!("steps={steps}"),
+                "--set",
+                "eval.every=10",
+                "--set",
+                "checkpoint.every=10",
+                "--out",
+            ])
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "np {np}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    run(1, 40, &d.join("whole"));
+    run(2, 20, &d.join("reshaped"));
+    let err = run(1, 40, &d.join("reshaped"));
+    assert!(err.contains("resuming from checkpoint"), "{err}");
+    assert_close(&[(1, load(&d.join("whole/final.safetensors"))), (2, load(&d.join("reshaped/final.safetensors")))]);
+}

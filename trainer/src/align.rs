@@ -243,6 +243,27 @@ impl<'c> Aligner<'c> {
         Ok(svgd::matrix(all, rows * self.comm.size(), d, &self.device))
     }
 
+    /// The optimiser state as burn record bytes (keyed by the network's parameter ids).
+    pub fn optimizer_bytes(&self) -> Result<bytes::Bytes, crate::checkpoint::CheckpointError> {
+        let b = self.optim.into_bytes().map_err(|e| crate::checkpoint::CheckpointError::Format(e.to_string()))?;
+        Ok(bytes::Bytes::copy_from_slice(&b))
+    }
+
+    /// Continue from a checkpoint: the network (record bytes, ids included) and its optimiser
+    /// state.
+    pub fn restore(
+        &mut self,
+        model: &bytes::Bytes,
+        optimizer: &bytes::Bytes,
+    ) -> Result<(), crate::checkpoint::CheckpointError> {
+        let net = crate::checkpoint::load_record(self.net.clone(), model)?;
+        self.net = net.train().set_require_grad(true);
+        let fresh = std::mem::replace(&mut self.optim, AdamConfig::new().init());
+        let bytes = burn::tensor::Bytes::from_bytes_vec(optimizer.to_vec());
+        self.optim = fresh.from_bytes(bytes).map_err(|e| crate::checkpoint::CheckpointError::Format(e.to_string()))?;
+        Ok(())
+    }
+
     /// The current network without autodiff, for sampling and saving.
     pub fn plain(&self) -> Mlp {
         self.net.valid()

@@ -22,6 +22,7 @@ pub struct Config {
     pub pretrain: PretrainConfig,
     pub fav: FavConfig,
     pub eval: EvalConfig,
+    pub checkpoint: CheckpointConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,6 +79,25 @@ pub struct FavConfig {
     pub tile_elems: usize,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Where checkpoints go: a path, `file://…` or `s3://bucket/prefix`. Empty: `<run dir>/checkpoints`.
+    pub url: String,
+    /// Save every this many steps (and at the end); 0 = never.
+    pub every: usize,
+    /// Complete checkpoints to keep (the newest is never deleted).
+    pub keep: usize,
+    /// Multipart part size for uploads, MiB (S3 needs ≥ 5).
+    pub part_size_mib: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { url: String::new(), every: 100, keep: 3, part_size_mib: 8 }
+    }
+}
+
 /// How the reward gradient `g` reaches SVGD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,6 +128,7 @@ impl Default for Config {
             pretrain: PretrainConfig::default(),
             fav: FavConfig::default(),
             eval: EvalConfig::default(),
+            checkpoint: CheckpointConfig::default(),
         }
     }
 }
@@ -227,6 +248,13 @@ impl Config {
             return Err(err("comm", format!("expected \"auto\", \"mpi\" or \"nccl\", got {:?}", self.comm)));
         }
         positive("eval.every", self.eval.every)?;
+        positive("checkpoint.keep", self.checkpoint.keep)?;
+        if self.checkpoint.part_size_mib < 5 {
+            return Err(err(
+                "checkpoint.part_size_mib",
+                format!("must be ≥ 5 (S3 minimum), got {}", self.checkpoint.part_size_mib),
+            ));
+        }
         if self.eval.samples < 2 {
             return Err(err("eval.samples", "must be ≥ 2"));
         }

@@ -6,11 +6,13 @@
 //! `config.json` (the resolved configuration).
 
 use crate::align::{AlignError, Aligner};
+use crate::checkpoint::{self, Resumed, Saver, State};
 use crate::config::Config;
 use crate::eval::{Evaluator, Scores};
 use crate::generators::{Mlp, Sampler};
 use crate::{io, plot, pretrain, toy};
 use burn::tensor::Device;
+use bytes::Bytes;
 use fav_comm::{Collective, CommError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -58,6 +60,8 @@ pub struct Summary {
     pub pretrain_s: f64,
     pub align_s: f64,
     pub base_checkpoint: String,
+    /// The checkpoint step this process resumed from, if it resumed.
+    pub resumed_from: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,10 @@ pub enum JobError {
     PeerFailed,
     #[error("{0}")]
     Diverged(String),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error("resume: {0}")]
+    Resume(String),
 }
 
 fn dir_err(path: &Path, e: impl ToString) -> JobError {
@@ -130,40 +138,122 @@ fn base_network(
 
 /// Run the whole job into `out`.
 pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, JobError> {
-    run_on(cfg, out, obs, &fav_comm::SingleProcess).map(|s| s.expect("rank 0 has a summary"))
+    run_on(cfg, out, obs, &fav_comm::SingleProcess, &Resume::Auto).map(|s| s.expect("rank 0 has a summary"))
+}
+
+/// Where a run resumes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// The latest complete checkpoint in the run's own store, if there is one.
+    Auto,
+    /// Start afresh.
+    Fresh,
+    /// The latest complete checkpoint of another store (a path, `file://` or `s3://` URL).
+    From(String),
+}
+
+/// What rank 0 prepares before the ranks start together.
+struct Prepared {
+    saver: Option<Saver>,
+    resumed: Option<Resumed>,
+    base: Mlp,
+    base_path: String,
+}
+
+fn prepare(
+    cfg: &Config,
+    out: &Path,
+    obs: &mut dyn Observer,
+    resume: &Resume,
+    sampler: &Sampler,
+    device: &Device,
+) -> Result<Prepared, JobError> {
+    std::fs::create_dir_all(out).map_err(|e| dir_err(out, e))?;
+    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(cfg).expect("config serialises"))
+        .map_err(|e| dir_err(&out.join("config.json"), e))?;
+    let c = &cfg.checkpoint;
+    let url = if c.url.is_empty() { out.join("checkpoints").display().to_string() } else { c.url.clone() };
+    let part = c.part_size_mib << 20;
+    // Opening checks the store: a missing bucket or bad credentials fail now, before any work.
+    let saver = if c.every > 0 || *resume == Resume::Auto { Some(Saver::open(&url, part, c.keep)?) } else { None };
+    let resumed = match resume {
+        Resume::Fresh => None,
+        Resume::Auto => match &saver {
+            Some(s) => s.latest(cfg)?,
+            None => None,
+        },
+        Resume::From(from) => Some(
+            Saver::open(from, part, c.keep)?
+                .latest(cfg)?
+                .ok_or_else(|| JobError::Resume(format!("no complete checkpoint in {from}")))?,
+        ),
+    };
+    let (base, base_path) = match &resumed {
+        Some(r) => {
+            tracing::info!(step = r.state.step, store = %url, "resuming from checkpoint");
+            (
+                checkpoint::load_safetensors(sampler.new_net(device), &r.base)?,
+                format!("checkpoint step {}", r.state.step),
+            )
+        }
+        None => base_network(cfg, sampler, device, obs)?,
+    };
+    Ok(Prepared { saver, resumed, base, base_path })
+}
+
+/// Send rank 0's optional resume state (step, network record, optimiser state) to every rank.
+fn share_resume(
+    comm: &dyn Collective,
+    mine: Option<(usize, &Bytes, &Bytes)>,
+) -> Result<Option<(usize, Bytes, Bytes)>, CommError> {
+    if comm.size() == 1 {
+        return Ok(mine.map(|(s, m, o)| (s, m.clone(), o.clone())));
+    }
+    let mut head = [0u8; 24];
+    if let Some((s, m, o)) = mine {
+        head[..8].copy_from_slice(&(s as u64 + 1).to_le_bytes());
+        head[8..16].copy_from_slice(&(m.len() as u64).to_le_bytes());
+        head[16..].copy_from_slice(&(o.len() as u64).to_le_bytes());
+    }
+    comm.broadcast(&mut head, 0)?;
+    let word = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().expect("8 bytes")) as usize;
+    if word(0) == 0 {
+        return Ok(None);
+    }
+    let mut model = mine.map_or_else(|| vec![0; word(8)], |(_, m, _)| m.to_vec());
+    let mut optim = mine.map_or_else(|| vec![0; word(16)], |(_, _, o)| o.to_vec());
+    comm.broadcast(&mut model, 0)?;
+    comm.broadcast(&mut optim, 0)?;
+    Ok(Some((word(0) - 1, Bytes::from(model), Bytes::from(optim))))
 }
 
 /// Run the whole job on every rank of `comm`. Rank 0 prepares the base generator (and sends it
-/// to the others), evaluates and writes the run directory; it returns the summary, the other
-/// ranks return `None`.
+/// to the others), evaluates, saves checkpoints and writes the run directory; it returns the
+/// summary, the other ranks return `None`.
 pub fn run_on(
     cfg: &Config,
     out: &Path,
     obs: &mut dyn Observer,
     comm: &dyn Collective,
+    resume: &Resume,
 ) -> Result<Option<Summary>, JobError> {
     cfg.validate()?;
     crate::align::Layout::new(cfg.fav.batch, cfg.fav.conditions, comm.size(), comm.rank())
         .map_err(|e| JobError::Align(AlignError::Layout(e)))?;
     let t0 = Instant::now();
     let lead = comm.rank() == 0;
-    let write =
-        |name: &str, text: String| std::fs::write(out.join(name), text).map_err(|e| dir_err(&out.join(name), e));
     let device = cfg.burn_device()?;
     let sampler = Sampler { family: cfg.model.family, steps: cfg.model.sample_steps };
 
     let prepared = if lead {
-        std::fs::create_dir_all(out)
-            .map_err(|e| dir_err(out, e))
-            .and_then(|_| write("config.json", serde_json::to_string_pretty(cfg).expect("config serialises")))
-            .and_then(|_| base_network(cfg, &sampler, &device, obs))
+        prepare(cfg, out, obs, resume, &sampler, &device)
     } else {
-        Ok((sampler.new_net(&device), String::new()))
+        Ok(Prepared { saver: None, resumed: None, base: sampler.new_net(&device), base_path: String::new() })
     };
     // Tell the other ranks whether rank 0 succeeded before they wait for its weights.
     let mut ok = [u8::from(prepared.is_ok())];
     comm.broadcast(&mut ok, 0)?;
-    let (base, base_path) = match prepared {
+    let Prepared { mut saver, resumed, base, base_path } = match prepared {
         Ok(p) if ok[0] == 1 => p,
         Err(e) => return Err(e),
         Ok(_) => return Err(JobError::PeerFailed),
@@ -189,12 +279,32 @@ pub fn run_on(
 
     let t_align = Instant::now();
     let mut aligner = Aligner::new(cfg, sampler, &base, &device, comm)?;
+    let shared = share_resume(comm, resumed.as_ref().map(|r| (r.state.step, &r.model, &r.optimizer)))?;
+    let start = match &shared {
+        Some((step, model, optim)) => {
+            aligner.restore(model, optim)?;
+            *step
+        }
+        None => 0,
+    };
+    let (mut metric_lines, wall_before) =
+        resumed.as_ref().map_or((Vec::new(), 0.0), |r| (r.state.metrics.clone(), r.state.wall_s));
+    let wall = || wall_before + t0.elapsed().as_secs_f64();
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics =
-        if lead { Some(std::fs::File::create(&metrics_path).map_err(|e| dir_err(&metrics_path, e))?) } else { None };
+    let mut metrics = if lead {
+        let mut f = std::fs::File::create(&metrics_path).map_err(|e| dir_err(&metrics_path, e))?;
+        for l in &metric_lines {
+            writeln!(f, "{l}").map_err(|e| dir_err(&metrics_path, e))?;
+        }
+        Some(f)
+    } else {
+        None
+    };
+    let base_bytes = if saver.is_some() { Some(checkpoint::safetensors_bytes(&base)?) } else { None };
+    let hash = checkpoint::config_hash(cfg);
     obs.phase("align", cfg.steps);
-    let mut last = base_scores;
-    for step in 0..cfg.steps {
+    obs.progress(start, f64::NAN);
+    for step in start..cfg.steps {
         let stats = aligner.step(step)?;
         obs.progress(step + 1, stats.loss);
         let done = step + 1;
@@ -203,20 +313,48 @@ pub fn run_on(
         }
         let Some(metrics) = metrics.as_mut() else { continue };
         if done % cfg.eval.every == 0 || done == cfg.steps {
-            last = eval.score(&eval.samples(&sampler, &aligner.plain()), &eval.target);
+            let s = eval.score(&eval.samples(&sampler, &aligner.plain()), &eval.target);
             let rec = EvalRecord {
                 step: done,
                 loss: stats.loss,
-                kl: last.kl,
-                mmd2: last.mmd2,
-                reward_mean: last.reward_mean,
-                wall_s: t0.elapsed().as_secs_f64(),
+                kl: s.kl,
+                mmd2: s.mmd2,
+                reward_mean: s.reward_mean,
+                wall_s: wall(),
             };
-            writeln!(metrics, "{}", serde_json::to_string(&rec).expect("record serialises"))
-                .and_then(|_| metrics.flush())
-                .map_err(|e| dir_err(&metrics_path, e))?;
+            let line = serde_json::to_string(&rec).expect("record serialises");
+            writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(|e| dir_err(&metrics_path, e))?;
+            metric_lines.push(line);
             obs.eval(&rec);
         }
+        let every = cfg.checkpoint.every;
+        if let (Some(saver), Some(base_bytes)) = (saver.as_mut(), base_bytes.as_ref()) {
+            if every > 0 && (done % every == 0 || done == cfg.steps) {
+                let state = State {
+                    step: done,
+                    seed: cfg.seed,
+                    world_size: comm.size(),
+                    metrics: metric_lines.clone(),
+                    wall_s: wall(),
+                    config: cfg.clone(),
+                };
+                let parts = vec![
+                    ("model.burnpack".to_string(), checkpoint::record_bytes(&aligner.net)?),
+                    ("optimizer.burnpack".to_string(), aligner.optimizer_bytes()?),
+                    ("base.safetensors".to_string(), base_bytes.clone()),
+                    ("model.safetensors".to_string(), checkpoint::safetensors_bytes(&aligner.plain())?),
+                    (
+                        "state.json".to_string(),
+                        Bytes::from(serde_json::to_vec_pretty(&state).expect("state serialises")),
+                    ),
+                ];
+                let meta = serde_json::json!({ "world_size": comm.size(), "family": cfg.model.family });
+                saver.save(done as u64, hash.clone(), parts, meta);
+            }
+        }
+    }
+    if let Some(saver) = saver.as_mut() {
+        saver.flush();
     }
     let align_s = t_align.elapsed().as_secs_f64();
     if !lead {
@@ -225,6 +363,7 @@ pub fn run_on(
     let aligned = aligner.plain();
     io::save(&aligned, &out.join("final.safetensors"))?;
     let final_x = eval.samples(&sampler, &aligned);
+    let last = eval.score(&final_x, &eval.target);
     plot::density_panels(
         &[("BASE", &base_x), ("ALIGNED", &final_x), ("TARGET", &eval.target)],
         &toy::centres(),
@@ -238,16 +377,18 @@ pub fn run_on(
         steps: cfg.steps,
         seed: cfg.seed,
         world_size: comm.size(),
-        wall_s: t0.elapsed().as_secs_f64(),
+        wall_s: wall(),
         pretrain_s,
         align_s,
         base_checkpoint: base_path,
+        resumed_from: shared.map(|(s, _, _)| s),
     };
     let mut json = serde_json::to_value(&summary).expect("summary serialises");
     if let Some(o) = json.as_object_mut() {
         let f = o.remove("final_").expect("field present");
         o.insert("final".into(), f);
     }
-    write("summary.json", serde_json::to_string_pretty(&json).expect("json"))?;
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&json).expect("json"))
+        .map_err(|e| dir_err(&out.join("summary.json"), e))?;
     Ok(Some(summary))
 }

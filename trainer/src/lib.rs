@@ -3,6 +3,7 @@
 
 pub mod align;
 pub mod bench;
+pub mod checkpoint;
 pub mod config;
 pub mod eval;
 pub mod generators;

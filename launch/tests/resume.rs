@@ -1,0 +1,114 @@
+//! Preempted jobs come back exactly: a job killed with SIGKILL mid-run and started again with
+//! the same command ends with the same bytes as one that was never interrupted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fav-resume-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn train(d: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fav"));
+    c.arg("train").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/toy-vae.toml"));
+    for kv in ["pretrain.steps=150", "pretrain.eval_every=75", "eval.samples=1024", "fav.ref_pool=20000"] {
+        c.args(["--set", kv]);
+    }
+    for kv in ["steps=80", "eval.every=10", "checkpoint.every=10", "checkpoint.keep=2"] {
+        c.args(["--set", kv]);
+    }
+    c.arg("--set").arg(format!("pretrain.cache_dir={}", d.join("cache").display()));
+    c.args(extra).arg("--out").arg(out);
+    c
+}
+
+fn ok(o: Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+fn manifests(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir.join("checkpoints"))
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn sigkill_then_resume_gives_the_uninterrupted_result() {
+    let d = tmp("kill");
+    let full = d.join("full");
+    ok(train(&d, &full, &[]).output().unwrap());
+    assert_eq!(manifests(&full), vec![70, 80], "checkpoint.keep = 2 keeps the newest two");
+
+    // The same job, killed hard once a checkpoint past step 20 exists (a step the clock picks).
+    let cut = d.join("cut");
+    let mut job = train(&d, &cut, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t = Instant::now();
+    while manifests(&cut).last().is_none_or(|&s| s < 20) {
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        if job.try_wait().unwrap().is_some() {
+            panic!("the job finished before it could be killed; make it longer");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    job.kill().unwrap(); // SIGKILL
+    job.wait().unwrap();
+    let at = *manifests(&cut).last().unwrap();
+    assert!(at < 80, "killed before the end (last checkpoint {at})");
+
+    // Started again with the same command: it resumes by itself.
+    let err = ok(train(&d, &cut, &[]).output().unwrap());
+    assert!(err.contains("resuming from checkpoint"), "{err}");
+    let a = std::fs::read(full.join("final.safetensors")).unwrap();
+    let b = std::fs::read(cut.join("final.safetensors")).unwrap();
+    assert!(a == b, "resumed run differs from the uninterrupted one (killed after checkpoint {at})");
+    let metrics = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("wall_s");
+                v.to_string()
+            })
+            .collect()
+    };
+    assert_eq!(metrics(&full), metrics(&cut), "metrics.jsonl continues where it stopped");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+    assert!(s["resumed_from"].as_u64().is_some_and(|r| r >= at), "{s}");
+}
+
+#[test]
+fn resume_none_starts_afresh_and_a_changed_config_is_refused() {
+    let d = tmp("fresh");
+    let out = d.join("run");
+    ok(train(&d, &out, &["--set", "steps=20"]).output().unwrap());
+    let err = ok(train(&d, &out, &["--set", "steps=30", "--resume", "none"]).output().unwrap());
+    assert!(!err.contains("resuming from checkpoint"), "{err}");
+    // A checkpoint made with another learning rate is not silently continued.
+    let o = train(&d, &out, &["--set", "steps=40", "--set", "fav.lr=3e-4"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("different configuration") && err.contains("--resume none"), "{err}");
+    // Extending a finished run (only `steps` changed) continues it.
+    let err = ok(train(&d, &out, &["--set", "steps=40"]).output().unwrap());
+    assert!(err.contains("resuming from checkpoint"), "{err}");
+    // An explicit store with nothing in it is an error that names it.
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = train(&d, &d.join("other"), &["--resume", empty.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no complete checkpoint") && err.contains("empty"), "{err}");
+}

@@ -1,0 +1,184 @@
+//! Checkpoints of an alignment run: what an exact resume needs, written in the background to a
+//! [`fav_storage::Store`] while training goes on.
+//!
+//! Parts: `model.burnpack` (the trainable network with its parameter ids, so the optimiser state
+//! matches it on load), `optimizer.burnpack` (Adam moments), `base.safetensors` (the frozen base,
+//! so a resume needs no cache), `model.safetensors` (plain module-path names, for people and
+//! tools) and `state.json` (step, seed, world size, metrics so far, the config). Noise is a pure
+//! function of (seed, step, particle), so the step is the whole RNG and sampler state.
+
+use crate::config::Config;
+use burn::module::Module;
+use burn::store::{ModuleRecord, ModuleSnapshot, SafetensorsStore};
+use bytes::Bytes;
+use fav_storage::{Manifest, StorageError, Store};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// `state.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct State {
+    /// Steps completed: training resumes at this step.
+    pub step: usize,
+    pub seed: u64,
+    pub world_size: usize,
+    /// Lines of `metrics.jsonl` written so far.
+    pub metrics: Vec<String>,
+    /// Seconds of training before this checkpoint (wall time across restarts).
+    pub wall_s: f64,
+    pub config: Config,
+}
+
+/// What a resume restores.
+pub struct Resumed {
+    pub state: State,
+    pub model: Bytes,
+    pub optimizer: Bytes,
+    pub base: Bytes,
+    pub manifest: Manifest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("checkpoint: {0}")]
+    Format(String),
+    #[error(
+        "checkpoint at step {step} was made by a different configuration (hash {found}, this run {ours}); \
+         resume it with its own config, or start afresh with --resume none"
+    )]
+    ConfigChanged { step: u64, found: String, ours: String },
+}
+
+fn fmt_err(e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Format(e.to_string())
+}
+
+/// Hash of everything that shapes the trajectory. Keys that only say how long to run, how
+/// often to evaluate or where to save may change across a resume.
+pub fn config_hash(cfg: &Config) -> String {
+    let mut v = serde_json::to_value(cfg).expect("config serialises");
+    if let Some(o) = v.as_object_mut() {
+        for k in ["steps", "eval", "checkpoint"] {
+            o.remove(k);
+        }
+    }
+    fav_storage::sha256_hex(v.to_string().as_bytes())[..16].to_string()
+}
+
+/// Burn's record bytes of a module (parameter ids included).
+pub fn record_bytes<M: Module>(m: &M) -> Result<Bytes, CheckpointError> {
+    let b = m.clone().into_record().into_bytes().map_err(fmt_err)?;
+    Ok(Bytes::copy_from_slice(&b))
+}
+
+/// Load record bytes into `m` (ids included).
+pub fn load_record<M: Module>(m: M, bytes: &Bytes) -> Result<M, CheckpointError> {
+    let rec = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec())).map_err(fmt_err)?;
+    m.try_load_record(rec).map_err(fmt_err)
+}
+
+/// Safetensors bytes with plain module-path names.
+pub fn safetensors_bytes<M: Module + ModuleSnapshot>(m: &M) -> Result<Bytes, CheckpointError> {
+    let mut store = crate::io::deterministic(SafetensorsStore::from_bytes(None));
+    m.save_into(&mut store).map_err(fmt_err)?;
+    Ok(Bytes::from(store.get_bytes().map_err(fmt_err)?))
+}
+
+/// Load safetensors bytes into `m`.
+pub fn load_safetensors<M: Module + ModuleSnapshot>(mut m: M, bytes: &Bytes) -> Result<M, CheckpointError> {
+    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec())).allow_partial(false);
+    let res = m.load_from(&mut store).map_err(fmt_err)?;
+    if !res.missing.is_empty() || !res.errors.is_empty() {
+        return Err(fmt_err(format!("base weights: missing {:?}, errors {:?}", res.missing, res.errors)));
+    }
+    Ok(m)
+}
+
+/// Saves checkpoints on a background thread pool; at most one save is in flight.
+pub struct Saver {
+    rt: tokio::runtime::Runtime,
+    store: Arc<Store>,
+    keep: usize,
+    pending: Option<(u64, tokio::task::JoinHandle<Result<Manifest, StorageError>>)>,
+}
+
+impl Saver {
+    /// Open the store and check it answers (a missing bucket or bad credentials fail here, not at
+    /// the first save).
+    pub fn open(url: &str, part_size: usize, keep: usize) -> Result<Self, CheckpointError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| fmt_err(format!("tokio runtime: {e}")))?;
+        let store = Arc::new(Store::open(url, part_size)?);
+        rt.block_on(store.check())?;
+        Ok(Self { rt, store, keep, pending: None })
+    }
+
+    pub fn url(&self) -> &str {
+        self.store.url()
+    }
+
+    /// The newest intact checkpoint, if any.
+    pub fn latest(&self, cfg: &Config) -> Result<Option<Resumed>, CheckpointError> {
+        let Some((manifest, parts)) = self.rt.block_on(self.store.latest())? else { return Ok(None) };
+        let ours = config_hash(cfg);
+        if manifest.config_hash != ours {
+            return Err(CheckpointError::ConfigChanged { step: manifest.step, found: manifest.config_hash, ours });
+        }
+        let part = |n: &str| parts.get(n).cloned().ok_or_else(|| fmt_err(format!("part {n} missing")));
+        let state: State = serde_json::from_slice(&part("state.json")?).map_err(fmt_err)?;
+        Ok(Some(Resumed {
+            state,
+            model: part("model.burnpack")?,
+            optimizer: part("optimizer.burnpack")?,
+            base: part("base.safetensors")?,
+            manifest,
+        }))
+    }
+
+    /// Wait for the save in flight, if any; report its outcome. A failed save is logged and
+    /// training goes on: the previous checkpoint stays the latest.
+    fn wait(&mut self) {
+        if let Some((step, handle)) = self.pending.take() {
+            match self.rt.block_on(handle) {
+                Ok(Ok(m)) => {
+                    tracing::info!(step = m.step, url = self.store.url(), "checkpoint saved");
+                    let store = self.store.clone();
+                    match self.rt.block_on(store.prune(self.keep)) {
+                        Ok(deleted) if !deleted.is_empty() => tracing::debug!(?deleted, "old checkpoints pruned"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("pruning old checkpoints failed: {e}"),
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(step, "checkpoint upload failed, training goes on: {e}"),
+                Err(e) => tracing::error!(step, "checkpoint task failed: {e}"),
+            }
+        }
+    }
+
+    /// Start saving `parts` as checkpoint `step` in the background. If the previous save is still
+    /// uploading, wait for it first (and say so).
+    pub fn save(&mut self, step: u64, config_hash: String, parts: Vec<(String, Bytes)>, meta: serde_json::Value) {
+        if self.pending.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
+            let t = Instant::now();
+            tracing::warn!(step, "previous checkpoint still uploading; waiting for it before saving the next");
+            self.wait();
+            tracing::info!(waited_s = t.elapsed().as_secs_f64(), "previous checkpoint done");
+        } else {
+            self.wait();
+        }
+        let store = self.store.clone();
+        let handle = self.rt.spawn(async move { store.write(step, &config_hash, parts, meta).await });
+        self.pending = Some((step, handle));
+    }
+
+    /// Block until the save in flight is done (at exit).
+    pub fn flush(&mut self) {
+        self.wait();
+    }
+}
