@@ -61,6 +61,16 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Hand a checkpoint to inference: model.safetensors and model_card.json.
+    Export {
+        /// Checkpoint store (a run's `checkpoints/` folder, file:// or s3:// URL); the latest
+        /// complete checkpoint unless --step is given.
+        checkpoint: String,
+        #[arg(long)]
+        step: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the resolved configuration (defaults, file and overrides) as TOML.
     Config {
         config: Option<PathBuf>,
@@ -160,6 +170,11 @@ fn run(cli: Cli) -> Result<()> {
                 let doc = serde_json::json!({ "threads": threads, "toy_step": step, "field": field });
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
             }
+            Ok(())
+        }
+        Command::Export { checkpoint, step, out } => {
+            let e = fav_trainer::checkpoint::export(&checkpoint, step, &out, env!("FAV_SOURCE_COMMIT"))?;
+            println!("exported step {} to {}: {}", e.step, out.display(), e.files.join(", "));
             Ok(())
         }
         Command::Config { config, overrides } => {

@@ -182,3 +182,56 @@ impl Saver {
         self.wait();
     }
 }
+
+/// What `fav export` wrote.
+#[derive(Debug, Serialize)]
+pub struct Exported {
+    pub step: u64,
+    pub files: Vec<String>,
+}
+
+/// Hand a checkpoint to inference: `model.safetensors` (the aligned network, plain module-path
+/// names) and `model_card.json` (config, reward, β, step, metrics, source commit). The toy
+/// generators carry no LoRA adapters, so there are no `lora_A` / `lora_B` tensors to write.
+pub fn export(
+    url: &str,
+    step: Option<u64>,
+    out: &std::path::Path,
+    source_commit: &str,
+) -> Result<Exported, CheckpointError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(fmt_err)?;
+    let store = Store::open(url, fav_storage::DEFAULT_PART_SIZE)?;
+    let (manifest, parts) = match step {
+        Some(s) => rt.block_on(store.read(s))?,
+        None => rt.block_on(store.latest())?.ok_or_else(|| fmt_err(format!("no complete checkpoint in {url}")))?,
+    };
+    let part = |n: &str| parts.get(n).cloned().ok_or_else(|| fmt_err(format!("part {n} missing")));
+    let state: State = serde_json::from_slice(&part("state.json")?).map_err(fmt_err)?;
+    std::fs::create_dir_all(out).map_err(|e| fmt_err(format!("{}: {e}", out.display())))?;
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(out.join(name), bytes).map_err(|e| fmt_err(format!("{}: {e}", out.join(name).display())))
+    };
+    write("model.safetensors", &part("model.safetensors")?)?;
+    let metrics: Vec<serde_json::Value> = state.metrics.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let card = serde_json::json!({
+        "format": "fav model card v1",
+        "model": {
+            "family": state.config.model.family,
+            "sample_steps": state.config.model.sample_steps,
+            "weights": "model.safetensors",
+            "lora": null,
+        },
+        "reward": "8-gaussians cluster reward; FAV tilts by log r (spec §10.2)",
+        "beta": state.config.fav.beta,
+        "step": manifest.step,
+        "seed": state.seed,
+        "world_size": state.world_size,
+        "metrics": metrics,
+        "config": state.config,
+        "config_hash": manifest.config_hash,
+        "checkpoint": { "store": store.url(), "step": manifest.step },
+        "source_commit": source_commit,
+    });
+    write("model_card.json", &serde_json::to_vec_pretty(&card).expect("card serialises"))?;
+    Ok(Exported { step: manifest.step, files: vec!["model.safetensors".into(), "model_card.json".into()] })
+}
