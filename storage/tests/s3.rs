@@ -109,6 +109,10 @@ async fn checkpoints_on_a_real_s3_server() {
     assert_eq!(s.latest().await.unwrap().unwrap().0.step, 400);
     assert_eq!(s.steps().await.unwrap(), vec![400]);
 
+    // Missing credentials are named (no probing of a metadata service).
+    std::env::remove_var("AWS_SECRET_ACCESS_KEY");
+    let e = Store::open("s3://ckpt/run-1", DEFAULT_PART_SIZE).err().expect("refused").to_string();
+    assert!(e.contains("AWS_SECRET_ACCESS_KEY is not set"), "{e}");
     // Bad credentials and a missing bucket fail at start, and no secret is in the message.
     env(KEY, "wrong-secret-also-not-logged");
     let e = Store::open("s3://ckpt/run-1", DEFAULT_PART_SIZE).unwrap().check().await.unwrap_err().to_string();
