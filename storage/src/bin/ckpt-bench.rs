@@ -18,7 +18,7 @@ async fn main() {
     let url = args.get(1).expect("usage: fav-ckpt-bench URL [MiB] [runs]").clone();
     let mib: usize = args.get(2).map_or(64, |s| s.parse().expect("MiB"));
     let runs: usize = args.get(3).map_or(5, |s| s.parse().expect("runs"));
-    let data = Bytes::from((0..mib << 20).map(|i| (i * 2654435761usize >> 13) as u8).collect::<Vec<u8>>());
+    let data = Bytes::from((0..mib << 20).map(|i| ((i * 2654435761usize) >> 13) as u8).collect::<Vec<u8>>());
     let store = Store::open(&url, DEFAULT_PART_SIZE).expect("open store");
     let raw = store.object_store();
     let (mut ckpt, mut direct) = (Vec::new(), Vec::new());
