@@ -1,22 +1,18 @@
 //! The `fav` binary as a user runs it: outputs of a short job, and refusals of bad input that
 //! name the offending file or key before any work starts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn fav() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fav"))
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fav-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{examples, metrics_without_wall};
 
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+fn tmp(name: &str) -> std::path::PathBuf {
+    common::tmp("cli", name)
 }
 
 /// `fav train` of the toy VAE with a 150-step pretraining cached under `d/cache`, plus `sets`
@@ -84,16 +80,7 @@ fn short_job_writes_the_run_directory() {
         let o = short_job(&d, &d.join(dir), &["steps=10", "eval.every=5", "fav.ref_pool=4000", &seed]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let w = std::fs::read(d.join(dir).join("final.safetensors")).unwrap();
-        let m: Vec<String> = std::fs::read_to_string(d.join(dir).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("wall_s");
-                v.to_string()
-            })
-            .collect();
-        (w, m)
+        (w, metrics_without_wall(&d.join(dir)))
     };
     let (a, b) = (rerun(0, "det-a"), rerun(0, "det-b"));
     assert!(a.0 == b.0, "same seed gave different final.safetensors");

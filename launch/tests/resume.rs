@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::metrics_without_wall;
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fav-resume-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp("resume", name)
 }
 
 fn train(d: &Path, out: &Path, extra: &[&str]) -> Command {
@@ -74,18 +74,7 @@ fn sigkill_then_resume_gives_the_uninterrupted_result() {
     let a = std::fs::read(full.join("final.safetensors")).unwrap();
     let b = std::fs::read(cut.join("final.safetensors")).unwrap();
     assert!(a == b, "resumed run differs from the uninterrupted one (killed after checkpoint {at})");
-    let metrics = |p: &Path| -> Vec<String> {
-        std::fs::read_to_string(p.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("wall_s");
-                v.to_string()
-            })
-            .collect()
-    };
-    assert_eq!(metrics(&full), metrics(&cut), "metrics.jsonl continues where it stopped");
+    assert_eq!(metrics_without_wall(&full), metrics_without_wall(&cut), "metrics.jsonl continues where it stopped");
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
     assert!(s["resumed_from"].as_u64().is_some_and(|r| r >= at), "{s}");

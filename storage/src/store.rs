@@ -217,17 +217,16 @@ impl Store {
         Ok(steps)
     }
 
+    /// The whole object at `path`.
+    async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
+        let res = self.os.get(path).await.map_err(|e| self.io("get", path, e))?;
+        res.bytes().await.map_err(|e| self.io("get", path, e))
+    }
+
     /// The manifest of `step`, parsed and checked against its folder name.
     pub async fn read_manifest(&self, step: u64) -> Result<Manifest, StorageError> {
         let path = self.path(&format!("{}/{MANIFEST}", step_dir(step)));
-        let bytes = self
-            .os
-            .get(&path)
-            .await
-            .map_err(|e| self.io("get", &path, e))?
-            .bytes()
-            .await
-            .map_err(|e| self.io("get", &path, e))?;
+        let bytes = self.get(&path).await?;
         let m: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| StorageError::Corrupt { path: path.to_string(), reason: format!("manifest: {e}") })?;
         if m.step != step || m.version != LAYOUT_VERSION {
@@ -247,14 +246,7 @@ impl Store {
                 return Err(StorageError::Corrupt { path, reason: format!("bad part key {:?}", p.key) });
             }
             let path = self.path(&format!("{}/{}", step_dir(step), p.key));
-            let data = self
-                .os
-                .get(&path)
-                .await
-                .map_err(|e| self.io("get", &path, e))?
-                .bytes()
-                .await
-                .map_err(|e| self.io("get", &path, e))?;
+            let data = self.get(&path).await?;
             if data.len() as u64 != p.size {
                 let reason = format!("{} bytes, the manifest says {}", data.len(), p.size);
                 return Err(StorageError::Corrupt { path: path.to_string(), reason });
