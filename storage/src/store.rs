@@ -63,11 +63,13 @@ impl Store {
                     return Err(open_err(format!("{var} is not set (S3 credentials come from the AWS_* variables)")));
                 }
             }
+            // A server that hangs (accepts, never answers) costs one request timeout per retry,
+            // not object_store's default budget of minutes.
             let client = ClientOptions::new()
                 .with_connect_timeout(Duration::from_secs(5))
-                .with_timeout(Duration::from_secs(60))
+                .with_timeout(Duration::from_secs(30))
                 .with_allow_http(std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1"));
-            let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(90), ..Default::default() };
+            let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(60), ..Default::default() };
             let mut b =
                 AmazonS3Builder::from_env().with_bucket_name(bucket).with_client_options(client).with_retry(retry);
             if let Ok(ep) = std::env::var("AWS_ENDPOINT_URL") {

@@ -173,7 +173,21 @@ impl Saver {
             self.wait();
         }
         let store = self.store.clone();
-        let handle = self.rt.spawn(async move { store.write(step, &config_hash, parts, meta).await });
+        let handle = self.rt.spawn(async move {
+            // Beyond object_store's own per-request retries: a server that is down for a while
+            // (restarting, failing over) gets this save again after 1, 2, 4, 8 and 16 s.
+            let mut delay = std::time::Duration::from_secs(1);
+            loop {
+                match store.write(step, &config_hash, parts.clone(), meta.clone()).await {
+                    Err(e) if delay <= std::time::Duration::from_secs(16) => {
+                        tracing::warn!(step, retry_in_s = delay.as_secs(), "checkpoint upload failed: {e}");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                    done => return done,
+                }
+            }
+        });
         self.pending = Some((step, handle));
     }
 
