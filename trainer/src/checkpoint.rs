@@ -102,21 +102,27 @@ pub struct Saver {
     rt: tokio::runtime::Runtime,
     store: Arc<Store>,
     keep: usize,
+    timeout: std::time::Duration,
     pending: Option<(u64, tokio::task::JoinHandle<Result<Manifest, StorageError>>)>,
 }
 
 impl Saver {
     /// Open the store and check it answers (a missing bucket or bad credentials fail here, not at
     /// the first save).
-    pub fn open(url: &str, part_size: usize, keep: usize) -> Result<Self, CheckpointError> {
+    pub fn open(url: &str, part_size: usize, keep: usize, timeout_s: u64) -> Result<Self, CheckpointError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| fmt_err(format!("tokio runtime: {e}")))?;
         let store = Arc::new(Store::open(url, part_size)?);
-        rt.block_on(store.check())?;
-        Ok(Self { rt, store, keep, pending: None })
+        let timeout = std::time::Duration::from_secs(timeout_s);
+        let checked = rt.block_on(async { tokio::time::timeout(timeout, store.check()).await });
+        match checked {
+            Ok(r) => r?,
+            Err(_) => return Err(fmt_err(format!("store {} did not answer within {timeout_s} s", store.url()))),
+        }
+        Ok(Self { rt, store, keep, timeout, pending: None })
     }
 
     pub fn url(&self) -> &str {
@@ -173,19 +179,32 @@ impl Saver {
             self.wait();
         }
         let store = self.store.clone();
+        let timeout = self.timeout;
         let handle = self.rt.spawn(async move {
             // Beyond object_store's own per-request retries: a server that is down for a while
-            // (restarting, failing over) gets this save again after 1, 2, 4, 8 and 16 s.
-            let mut delay = std::time::Duration::from_secs(1);
-            loop {
-                match store.write(step, &config_hash, parts.clone(), meta.clone()).await {
-                    Err(e) if delay <= std::time::Duration::from_secs(16) => {
-                        tracing::warn!(step, retry_in_s = delay.as_secs(), "checkpoint upload failed: {e}");
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
+            // (restarting, failing over) gets this save again after 1, 2, 4, 8 and 16 s — all
+            // within `checkpoint.timeout_s`, after which the save is given up.
+            let attempts = async {
+                let mut delay = std::time::Duration::from_secs(1);
+                loop {
+                    match store.write(step, &config_hash, parts.clone(), meta.clone()).await {
+                        Err(e) if delay <= std::time::Duration::from_secs(16) => {
+                            tracing::warn!(step, retry_in_s = delay.as_secs(), "checkpoint upload failed: {e}");
+                            tokio::time::sleep(delay).await;
+                            delay *= 2;
+                        }
+                        done => return done,
                     }
-                    done => return done,
                 }
+            };
+            match tokio::time::timeout(timeout, attempts).await {
+                Ok(done) => done,
+                Err(_) => Err(StorageError::Io {
+                    url: store.url().to_string(),
+                    op: "save",
+                    path: fav_storage::step_dir(step),
+                    reason: format!("gave up after checkpoint.timeout_s = {} s", timeout.as_secs()),
+                }),
             }
         });
         self.pending = Some((step, handle));

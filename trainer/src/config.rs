@@ -90,11 +90,14 @@ pub struct CheckpointConfig {
     pub keep: usize,
     /// Multipart part size for uploads, MiB (S3 needs ≥ 5).
     pub part_size_mib: usize,
+    /// Longest one save may take, retries included, before it is given up (the previous
+    /// checkpoint stays the latest): a server that hangs cannot stall training beyond this.
+    pub timeout_s: u64,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { url: String::new(), every: 100, keep: 3, part_size_mib: 8 }
+        Self { url: String::new(), every: 100, keep: 3, part_size_mib: 8, timeout_s: 300 }
     }
 }
 
@@ -249,6 +252,7 @@ impl Config {
         }
         positive("eval.every", self.eval.every)?;
         positive("checkpoint.keep", self.checkpoint.keep)?;
+        positive("checkpoint.timeout_s", self.checkpoint.timeout_s as usize)?;
         if self.checkpoint.part_size_mib < 5 {
             return Err(err(
                 "checkpoint.part_size_mib",

@@ -175,7 +175,8 @@ fn prepare(
     let url = if c.url.is_empty() { out.join("checkpoints").display().to_string() } else { c.url.clone() };
     let part = c.part_size_mib << 20;
     // Opening checks the store: a missing bucket or bad credentials fail now, before any work.
-    let saver = if c.every > 0 || *resume == Resume::Auto { Some(Saver::open(&url, part, c.keep)?) } else { None };
+    let saver =
+        if c.every > 0 || *resume == Resume::Auto { Some(Saver::open(&url, part, c.keep, c.timeout_s)?) } else { None };
     let resumed = match resume {
         Resume::Fresh => None,
         Resume::Auto => match &saver {
@@ -183,7 +184,7 @@ fn prepare(
             None => None,
         },
         Resume::From(from) => Some(
-            Saver::open(from, part, c.keep)?
+            Saver::open(from, part, c.keep, c.timeout_s)?
                 .latest(cfg)?
                 .ok_or_else(|| JobError::Resume(format!("no complete checkpoint in {from}")))?,
         ),

@@ -35,14 +35,19 @@ pub fn metrics_without_wall(run: &Path) -> Vec<String> {
 pub struct S3Server {
     child: Option<std::process::Child>,
     pub dir: PathBuf,
+    /// The server's ports are fixed: one server at a time per test binary.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static S3_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub const S3_KEY: &str = "fav-test-key";
 pub const S3_SECRET: &str = "fav-test-secret";
 
 impl S3Server {
     pub fn start(dir: &Path) -> Self {
-        let mut s = S3Server { child: None, dir: dir.to_path_buf() };
+        let turn = S3_TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut s = S3Server { child: None, dir: dir.to_path_buf(), _turn: turn };
         s.restart();
         s
     }
@@ -68,7 +73,16 @@ impl S3Server {
         }
     }
 
+    /// Freeze (SIGSTOP) or thaw (SIGCONT) the server: it keeps its connections but never answers.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
     pub fn kill(&mut self) {
+        if self.child.is_some() {
+            self.signal("-CONT");
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
