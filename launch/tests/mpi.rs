@@ -161,16 +161,7 @@ fn a_dead_rank_ends_the_job_instead_of_hanging_it() {
     assert_eq!(pids.len(), 2, "expected two rank processes under mpirun, got {pids:?}");
     assert!(Command::new("kill").args(["-9", &pids[1]]).status().unwrap().success());
     let killed = Instant::now();
-    let status = loop {
-        if let Some(s) = job.try_wait().unwrap() {
-            break s;
-        }
-        if killed.elapsed() > Duration::from_secs(60) {
-            let _ = job.kill();
-            panic!("the job still runs 60 s after a rank died");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = common::wait_or_kill(&mut job, Duration::from_secs(60), "the job still runs 60 s after a rank died");
     assert!(!status.success(), "a job that lost a rank must exit non-zero");
     eprintln!("job ended {:.1} s after the kill with {status}", killed.elapsed().as_secs_f64());
 }

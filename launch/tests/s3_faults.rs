@@ -71,17 +71,8 @@ fn a_hanging_checkpoint_server_does_not_hang_training() {
     let sets = ["steps=120", "eval.every=40", "checkpoint.every=40", "checkpoint.timeout_s=4"];
     let (mut job, out, log) = start_job(&d, "hang-run", &sets);
     server.signal("-STOP");
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = job.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > Duration::from_secs(120) {
-            let _ = job.kill();
-            panic!("training still running 120 s after the server froze");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status =
+        common::wait_or_kill(&mut job, Duration::from_secs(120), "training still running 120 s after the server froze");
     server.signal("-CONT");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{text}");

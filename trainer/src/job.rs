@@ -261,8 +261,9 @@ pub fn run_on(
     };
     let base = crate::sync::broadcast_module(base, comm).map_err(|e| AlignError::Broadcast(e.to_string()))?;
     let pretrain_s = t0.elapsed().as_secs_f64();
-    let eval = Evaluator::new(cfg.seed, cfg.eval.samples, cfg.fav.beta, &sampler, &device);
-    let (base_x, base_scores, base_vs_data) = if lead {
+    // Only rank 0 evaluates.
+    let eval = lead.then(|| Evaluator::new(cfg.seed, cfg.eval.samples, cfg.fav.beta, &sampler, &device));
+    let (base_x, base_scores, base_vs_data) = if let Some(eval) = &eval {
         let x = eval.samples(&sampler, &base);
         let (t, d) = (eval.score(&x, &eval.target), eval.score(&x, &eval.data));
         tracing::info!(
@@ -312,7 +313,7 @@ pub fn run_on(
         if cfg.fav.check_every > 0 && (done % cfg.fav.check_every == 0 || done == cfg.steps) {
             crate::sync::check_in_sync(&aligner.net, comm, done).map_err(JobError::Diverged)?;
         }
-        let Some(metrics) = metrics.as_mut() else { continue };
+        let (Some(metrics), Some(eval)) = (metrics.as_mut(), eval.as_ref()) else { continue };
         if done % cfg.eval.every == 0 || done == cfg.steps {
             let s = eval.score(&eval.samples(&sampler, &aligner.plain()), &eval.target);
             let rec = EvalRecord {
@@ -361,6 +362,7 @@ pub fn run_on(
     if !lead {
         return Ok(None);
     }
+    let eval = eval.expect("rank 0 evaluates");
     let aligned = aligner.plain();
     io::save(&aligned, &out.join("final.safetensors"))?;
     let final_x = eval.samples(&sampler, &aligned);

@@ -105,7 +105,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
             }
         }
     }
-    let (net, mmd, at) = best.take().expect("pretrain.steps ≥ 1 evaluates at least once");
+    let (net, mmd, at) = best.best.expect("pretrain.steps ≥ 1 evaluates at least once");
     tracing::info!(best_step = at, ema_mmd2 = mmd, "pretraining done; keeping the best EMA-MMD² weights");
     net
 }
@@ -142,9 +142,5 @@ impl Best {
         if self.best.as_ref().is_none_or(|(_, b, _)| ema < *b) {
             self.best = Some((net.clone(), ema, step));
         }
-    }
-
-    fn take(self) -> Option<(Mlp, f64, usize)> {
-        self.best
     }
 }

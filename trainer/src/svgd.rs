@@ -36,7 +36,8 @@ pub enum Repulsion {
 }
 
 impl Repulsion {
-    fn factor(self) -> f64 {
+    /// 1 for one-sided, 2 for two-sided repulsion (§3.3).
+    pub fn factor(self) -> f64 {
         match self {
             Repulsion::OneSided => 1.0,
             Repulsion::TwoSided => 2.0,
@@ -91,11 +92,6 @@ pub struct FieldConfig {
 }
 
 impl FieldConfig {
-    /// 1 for one-sided, 2 for two-sided repulsion (§3.3).
-    pub fn repulsion_factor(&self) -> f64 {
-        self.repulsion.factor()
-    }
-
     /// Checks the invariants the formulas need; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
         if !self.beta.is_finite() || self.beta < 0.0 {

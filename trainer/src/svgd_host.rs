@@ -174,7 +174,7 @@ fn stein_task(inp: &SteinInputs, first: usize, dr_rows: &mut [f32], rp_rows: &mu
     let SteinInputs { x_rows, xt, ut, d, n_global, cfg } = *inp;
     let n = xt.len() / d;
     let inv_n = 1.0 / n_global as f64;
-    let rep_scale = cfg.repulsion_factor() * inv_n;
+    let rep_scale = cfg.repulsion.factor() * inv_n;
     let mut d2 = vec![0.0f32; n];
     let mut k = vec![0.0f32; n];
     let mut ks = vec![0.0f32; n];

@@ -116,3 +116,18 @@ fn bucket_listed() -> bool {
     let mut head = [0u8; 12];
     s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
+
+/// Wait for `job` to exit; past `limit`, kill it and fail saying `what`.
+pub fn wait_or_kill(job: &mut std::process::Child, limit: std::time::Duration, what: &str) -> std::process::ExitStatus {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(s) = job.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > limit {
+            let _ = job.kill();
+            panic!("{what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
