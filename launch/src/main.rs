@@ -2,6 +2,8 @@
 
 mod progress;
 mod settings;
+mod signals;
+mod slurm;
 mod world;
 
 use anyhow::Result;
@@ -71,6 +73,36 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print a ready `sbatch` script that runs `fav train CONFIG` under `srun --mpi=pmix`, with
+    /// requeue on preemption and resume on by default.
+    SlurmScript {
+        config: PathBuf,
+        #[arg(long)]
+        nodes: usize,
+        #[arg(long)]
+        tasks_per_node: usize,
+        #[arg(long)]
+        gpus_per_node: Option<usize>,
+        /// Slurm time limit, e.g. `04:00:00`.
+        #[arg(long)]
+        time: Option<String>,
+        #[arg(long)]
+        partition: Option<String>,
+        /// Config overrides passed to `fav train`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Run directory, on storage every node sees (default: runs/<config name>-seed<seed>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Folder of the per-job logs (default: <run dir>/logs).
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        /// Seconds before the time limit at which the job is told to checkpoint and stop.
+        #[arg(long, default_value_t = 120)]
+        grace: u64,
+        #[arg(long)]
+        job_name: Option<String>,
+    },
     /// Print the resolved configuration (defaults, file and overrides) as TOML.
     Config {
         config: Option<PathBuf>,
@@ -79,17 +111,29 @@ enum Command {
     },
 }
 
+/// A config's name: its file stem, or `default` for the embedded defaults.
+fn config_name(config: Option<&std::path::Path>) -> String {
+    config.and_then(|p| p.file_stem()).map_or("default".to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// `runs/<config name>-seed<seed>`.
+fn default_run_dir(config: Option<&std::path::Path>, seed: u64) -> PathBuf {
+    PathBuf::from("runs").join(format!("{}-seed{seed}", config_name(config)))
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FAV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: logs in files stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Train { config, overrides, out, resume } => {
             let resume = match resume.as_str() {
@@ -98,23 +142,22 @@ fn run(cli: Cli) -> Result<()> {
                 url => fav_trainer::job::Resume::From(url.to_string()),
             };
             let cfg = settings::load(config.as_deref(), &overrides)?;
-            let name = config
-                .as_ref()
-                .and_then(|p| p.file_stem())
-                .map_or("default".to_string(), |s| s.to_string_lossy().into_owned());
-            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-seed{}", cfg.seed)));
+            let out = out.unwrap_or_else(|| default_run_dir(config.as_deref(), cfg.seed));
             let (world, comm) = world::join(&cfg.comm, cfg.device.starts_with("cuda"))?;
             let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
             if comm.rank() == 0 {
                 tracing::info!(launcher = ?world.launcher, world_size = comm.size(), run_dir = %out.display(),
                     family = ?cfg.model.family, steps = cfg.steps, seed = cfg.seed, "starting");
             }
+            let stop = signals::install(comm.rank())?;
             let mut reporter = progress::Reporter::new(comm.rank() == 0);
-            let result = fav_trainer::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume);
+            let result = fav_trainer::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume, &stop);
             drop(reporter);
+            use fav_trainer::job::Outcome;
             let s = match result {
-                Ok(Some(s)) => s,
-                Ok(None) => return Ok(()),
+                Ok(Outcome::Finished(Some(s))) => s,
+                Ok(Outcome::Finished(None)) => return Ok(ExitCode::SUCCESS),
+                Ok(Outcome::Stopped { .. }) => return Ok(ExitCode::from(signals::EXIT_PREEMPTED)),
                 Err(e) if comm.size() > 1 => {
                     // Peers may be blocked in a collective: end the whole job, loudly.
                     eprintln!("error on rank {}: {e}", comm.rank());
@@ -127,7 +170,7 @@ fn run(cli: Cli) -> Result<()> {
                 s.base.kl, s.base.mmd2, s.base.reward_mean, s.final_.kl, s.final_.mmd2, s.final_.reward_mean,
                 s.steps, s.wall_s, s.pretrain_s, s.align_s, out.display()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { config, overrides, runs, field_n, field_d, json } => {
             use fav_trainer::bench;
@@ -137,7 +180,7 @@ fn run(cli: Cli) -> Result<()> {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             let step = bench::toy_step(&cfg, runs, &device, comm.as_ref());
             if comm.rank() != 0 {
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             }
             println!(
                 "toy FAV step ({}, global batch {}, {} rank(s)): median {:.1} ms (min {:.1}) | generate fwd {:.1} ms | \
@@ -170,17 +213,59 @@ fn run(cli: Cli) -> Result<()> {
                 let doc = serde_json::json!({ "threads": threads, "toy_step": step, "field": field });
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Export { checkpoint, step, out } => {
             let e = fav_trainer::checkpoint::export(&checkpoint, step, &out, env!("FAV_SOURCE_COMMIT"))?;
             println!("exported step {} to {}: {}", e.step, out.display(), e.files.join(", "));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SlurmScript {
+            config,
+            nodes,
+            tasks_per_node,
+            gpus_per_node,
+            time,
+            partition,
+            overrides,
+            out,
+            logs,
+            grace,
+            job_name,
+        } => {
+            // Refuse a bad config now, not in the queue.
+            let cfg = settings::load(Some(&config), &overrides)?;
+            if nodes == 0 || tasks_per_node == 0 {
+                anyhow::bail!("--nodes and --tasks-per-node must be at least 1");
+            }
+            let abs = |p: &std::path::Path| std::path::absolute(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
+            let out = abs(&out.unwrap_or_else(|| default_run_dir(Some(&config), cfg.seed)))?;
+            let logs = abs(&logs.unwrap_or_else(|| out.join("logs")))?;
+            std::fs::create_dir_all(&logs).map_err(|e| anyhow::anyhow!("{}: {e}", logs.display()))?;
+            let name = job_name.unwrap_or_else(|| format!("fav-{}", config_name(Some(&config))));
+            print!(
+                "{}",
+                slurm::script(&slurm::Request {
+                    fav: &std::env::current_exe()?,
+                    config: &abs(&config)?,
+                    overrides: &overrides,
+                    out: &out,
+                    logs: &logs,
+                    job_name: &name,
+                    nodes,
+                    tasks_per_node,
+                    gpus_per_node,
+                    time: time.as_deref(),
+                    partition: partition.as_deref(),
+                    grace_s: grace,
+                })
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config { config, overrides } => {
             let cfg = settings::load(config.as_deref(), &overrides)?;
             print!("{}", toml::to_string_pretty(&cfg)?);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -189,7 +274,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -1,5 +1,6 @@
-//! Preempted jobs come back exactly: a job killed with SIGKILL mid-run and started again with
-//! the same command ends with the same bytes as one that was never interrupted.
+//! Preempted jobs come back exactly: a job killed with SIGKILL mid-run, or stopped by SIGUSR1,
+//! SIGTERM or SIGINT (checkpoint, then exit code 75), and started again with the same command
+//! ends with the same bytes as one that was never interrupted.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -100,4 +101,46 @@ fn resume_none_starts_afresh_and_a_changed_config_is_refused() {
     let o = train(&d, &d.join("other"), &["--resume", empty.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("no complete checkpoint") && err.contains("empty"), "{err}");
+}
+
+/// Exit code of a job that stopped on a signal with its checkpoint saved (README, "Preemption").
+const EXIT_PREEMPTED: i32 = 75;
+
+#[test]
+fn a_signal_stops_with_a_checkpoint_and_the_rerun_finishes_identically() {
+    let d = tmp("signal");
+    let full = d.join("full");
+    // Checkpoints only at the end: whatever is resumed below was written because of the signal.
+    let only_end = ["--set", "checkpoint.every=1000"];
+    ok(train(&d, &full, &only_end).output().unwrap());
+    for sig in ["USR1", "TERM", "INT"] {
+        let cut = d.join(sig);
+        let log = d.join(format!("{sig}.log"));
+        let mut job = train(&d, &cut, &only_end)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // Signal once training has evaluated (step 10 of 80).
+        let t = Instant::now();
+        while !std::fs::read_to_string(cut.join("metrics.jsonl")).is_ok_and(|m| !m.is_empty()) {
+            assert!(t.elapsed() < Duration::from_secs(120), "training did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = job.id().to_string();
+        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
+        let status = common::wait_or_kill(&mut job, Duration::from_secs(60), "the job did not stop after a signal");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(EXIT_PREEMPTED), "SIG{sig}: {text}");
+        let at = manifests(&cut);
+        assert!(at.len() == 1 && at[0] < 80, "SIG{sig}: one checkpoint, at the step it stopped: {at:?}\n{text}");
+        assert!(text.contains(&format!("signal=\"SIG{sig}\"")), "the log names the signal: {text}");
+
+        let err = ok(train(&d, &cut, &only_end).output().unwrap());
+        assert!(err.contains("resuming from checkpoint"), "{err}");
+        let a = std::fs::read(full.join("final.safetensors")).unwrap();
+        let b = std::fs::read(cut.join("final.safetensors")).unwrap();
+        assert!(a == b, "SIG{sig}: resumed from step {} differs from the uninterrupted run", at[0]);
+        assert_eq!(metrics_without_wall(&full), metrics_without_wall(&cut));
+    }
 }

