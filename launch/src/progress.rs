@@ -7,23 +7,29 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 pub struct Reporter {
+    /// Only rank 0 reports.
+    show: bool,
     bar: Option<ProgressBar>,
     tty: bool,
     phase: String,
     total: usize,
     last_line: Instant,
     started: Instant,
+    /// Mean reward at the latest evaluation.
+    reward: f64,
 }
 
 impl Reporter {
     pub fn new(show: bool) -> Self {
         Self {
+            show,
             bar: None,
             tty: show && std::io::stderr().is_terminal(),
             phase: String::new(),
             total: 0,
             last_line: Instant::now(),
             started: Instant::now(),
+            reward: f64::NAN,
         }
     }
 }
@@ -51,18 +57,22 @@ impl Observer for Reporter {
     }
 
     fn progress(&mut self, done: usize, loss: f64) {
+        if !self.show {
+            return;
+        }
         if let Some(b) = &self.bar {
             b.set_position(done as u64);
-            b.set_message(format!("loss {loss:.3e}"));
+            b.set_message(format!("loss {loss:.3e}  reward {:.4}", self.reward));
         } else if self.last_line.elapsed() >= PLAIN_EVERY || done == self.total {
             self.last_line = Instant::now();
             let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
             let eta = (self.total - done) as f64 / rate.max(1e-9);
-            tracing::info!(phase = %self.phase, step = done, total = self.total, loss, steps_per_s = format!("{rate:.1}"), eta_s = format!("{eta:.0}"), "progress");
+            tracing::info!(phase = %self.phase, step = done, total = self.total, loss, reward = self.reward, steps_per_s = format!("{rate:.1}"), eta_s = format!("{eta:.0}"), "progress");
         }
     }
 
     fn eval(&mut self, r: &EvalRecord) {
+        self.reward = r.reward_mean;
         let line = format!(
             "step {:>6}  kl {:.4}  mmd2 {:.5}  reward {:.4}  loss {:.3e}",
             r.step, r.kl, r.mmd2, r.reward_mean, r.loss

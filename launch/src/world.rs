@@ -48,3 +48,109 @@ fn open(world: &World, comm: &str, _cuda: bool) -> Result<Box<dyn Collective>> {
     }
     Ok(Box::new(SingleProcess))
 }
+
+/// What rank 0 logs at start: who runs where, gathered from every rank.
+#[derive(Debug, PartialEq)]
+pub struct Layout {
+    /// Host name and the ranks on it, in order of first rank.
+    pub nodes: Vec<(String, Vec<usize>)>,
+    /// Device of each rank (`cpu`, `cuda:1`).
+    pub devices: Vec<String>,
+}
+
+/// Bytes per gathered field (longer host names are cut).
+const FIELD: usize = 64;
+
+/// Gather every rank's host name and device (as bytes carried in `f32`s: the collective's one type).
+pub fn gather_layout(comm: &dyn Collective, device: &str) -> Result<Layout> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let mut mine = vec![0f32; 2 * FIELD];
+    for (i, s) in [host.as_bytes(), device.as_bytes()].iter().enumerate() {
+        for (slot, &b) in mine[i * FIELD..(i + 1) * FIELD].iter_mut().zip(s.iter()) {
+            *slot = f32::from(b);
+        }
+    }
+    let all = comm.all_gather(&mine)?;
+    let text = |v: &[f32]| {
+        String::from_utf8_lossy(&v.iter().map(|&x| x as u8).take_while(|&b| b != 0).collect::<Vec<_>>()).into_owned()
+    };
+    let mut layout = Layout { nodes: Vec::new(), devices: Vec::new() };
+    for (rank, block) in all.chunks(2 * FIELD).enumerate() {
+        let host = text(&block[..FIELD]);
+        match layout.nodes.iter_mut().find(|(h, _)| *h == host) {
+            Some((_, ranks)) => ranks.push(rank),
+            None => layout.nodes.push((host, vec![rank])),
+        }
+        layout.devices.push(text(&block[FIELD..]));
+    }
+    Ok(layout)
+}
+
+impl Layout {
+    /// `host-a: 0,1 | host-b: 2,3`.
+    pub fn node_list(&self) -> String {
+        let ranks = |r: &[usize]| r.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        self.nodes.iter().map(|(h, r)| format!("{h}: {}", ranks(r))).collect::<Vec<_>>().join(" | ")
+    }
+
+    /// Ranks per node: one number when every node has the same count, else each.
+    pub fn ranks_per_node(&self) -> String {
+        let counts: Vec<usize> = self.nodes.iter().map(|(_, r)| r.len()).collect();
+        if counts.windows(2).all(|w| w[0] == w[1]) {
+            counts.first().map_or("0".into(), usize::to_string)
+        } else {
+            counts.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+        }
+    }
+
+    /// `cpu ×4`, or the devices in rank order when they differ.
+    pub fn device_list(&self) -> String {
+        match self.devices.first() {
+            Some(d) if self.devices.iter().all(|x| x == d) => format!("{d} ×{}", self.devices.len()),
+            _ => self.devices.join(","),
+        }
+    }
+}
+
+/// A store URL fit for logs: any `user:secret@` part of its authority removed.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            match path {
+                Some(p) => format!("{scheme}://{host}/{p}"),
+                None => format!("{scheme}://{host}"),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_process_layout_and_redaction() {
+        let l = gather_layout(&SingleProcess, "cpu").unwrap();
+        assert_eq!(l.nodes.len(), 1);
+        assert_eq!(l.nodes[0].1, vec![0]);
+        assert!(!l.nodes[0].0.is_empty());
+        assert_eq!(l.device_list(), "cpu ×1");
+        assert_eq!(l.ranks_per_node(), "1");
+        let two = Layout {
+            nodes: vec![("a".into(), vec![0, 1]), ("b".into(), vec![2])],
+            devices: vec!["cuda:0".into(), "cuda:1".into(), "cuda:0".into()],
+        };
+        assert_eq!(two.node_list(), "a: 0,1 | b: 2");
+        assert_eq!(two.ranks_per_node(), "2,1");
+        assert_eq!(two.device_list(), "cuda:0,cuda:1,cuda:0");
+        assert_eq!(redact("s3://AKIA:secret@bucket/run"), "s3://bucket/run");
+        assert_eq!(redact("s3://bucket/run"), "s3://bucket/run");
+        assert_eq!(redact("/scratch/run/checkpoints"), "/scratch/run/checkpoints");
+    }
+}

@@ -65,8 +65,10 @@ fn short_job_writes_the_run_directory() {
     assert_eq!(names.len(), 8, "{names:?}");
     assert!(names.contains(&"layers.0.weight".to_string()), "{names:?}");
     assert_eq!(st.tensor("layers.0.weight").unwrap().shape(), &[8, 256]);
-    let png = std::fs::read(out.join("samples.png")).unwrap();
-    assert_eq!(&png[1..4], b"PNG");
+    for picture in ["samples.png", "curves.png"] {
+        let png = std::fs::read(out.join(picture)).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{picture}");
+    }
 
     // The pretrained base was cached: a second run finds it instead of pretraining.
     let again = short_job(&d, &d.join("run2"), &["steps=1", "eval.every=1", "fav.ref_pool=2000"]);

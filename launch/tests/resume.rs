@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::metrics_without_wall;
+use common::{checkpoints, metrics_without_wall};
 
 fn tmp(name: &str) -> PathBuf {
     common::tmp("resume", name)
@@ -16,13 +16,7 @@ fn tmp(name: &str) -> PathBuf {
 fn train(d: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fav"));
     c.arg("train").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/toy-vae.toml"));
-    for kv in ["pretrain.steps=150", "pretrain.eval_every=75", "eval.samples=1024", "fav.ref_pool=20000"] {
-        c.args(["--set", kv]);
-    }
-    for kv in ["steps=80", "eval.every=10", "checkpoint.every=10", "checkpoint.keep=2"] {
-        c.args(["--set", kv]);
-    }
-    c.arg("--set").arg(format!("pretrain.cache_dir={}", d.join("cache").display()));
+    c.args(common::small_job(d, &["steps=80", "eval.every=10", "checkpoint.every=10", "checkpoint.keep=2"]));
     c.args(extra).arg("--out").arg(out);
     c
 }
@@ -33,31 +27,18 @@ fn ok(o: Output) -> String {
     err
 }
 
-fn manifests(dir: &Path) -> Vec<u64> {
-    let mut v: Vec<u64> = std::fs::read_dir(dir.join("checkpoints"))
-        .map(|r| {
-            r.filter_map(|e| e.ok())
-                .filter(|e| e.path().join("manifest.json").is_file())
-                .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 #[test]
 fn sigkill_then_resume_gives_the_uninterrupted_result() {
     let d = tmp("kill");
     let full = d.join("full");
     ok(train(&d, &full, &[]).output().unwrap());
-    assert_eq!(manifests(&full), vec![70, 80], "checkpoint.keep = 2 keeps the newest two");
+    assert_eq!(checkpoints(&full), vec![70, 80], "checkpoint.keep = 2 keeps the newest two");
 
     // The same job, killed hard once a checkpoint past step 20 exists (a step the clock picks).
     let cut = d.join("cut");
     let mut job = train(&d, &cut, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let t = Instant::now();
-    while manifests(&cut).last().is_none_or(|&s| s < 20) {
+    while checkpoints(&cut).last().is_none_or(|&s| s < 20) {
         assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
         if job.try_wait().unwrap().is_some() {
             panic!("the job finished before it could be killed; make it longer");
@@ -66,7 +47,7 @@ fn sigkill_then_resume_gives_the_uninterrupted_result() {
     }
     job.kill().unwrap(); // SIGKILL
     job.wait().unwrap();
-    let at = *manifests(&cut).last().unwrap();
+    let at = *checkpoints(&cut).last().unwrap();
     assert!(at < 80, "killed before the end (last checkpoint {at})");
 
     // Started again with the same command: it resumes by itself.
@@ -132,7 +113,7 @@ fn a_signal_stops_with_a_checkpoint_and_the_rerun_finishes_identically() {
         let status = common::wait_or_kill(&mut job, Duration::from_secs(60), "the job did not stop after a signal");
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(status.code(), Some(EXIT_PREEMPTED), "SIG{sig}: {text}");
-        let at = manifests(&cut);
+        let at = checkpoints(&cut);
         assert!(at.len() == 1 && at[0] < 80, "SIG{sig}: one checkpoint, at the step it stopped: {at:?}\n{text}");
         assert!(text.contains(&format!("signal=\"SIG{sig}\"")), "the log names the signal: {text}");
 

@@ -13,14 +13,8 @@ fn start_job(d: &Path, prefix: &str, sets: &[&str]) -> (Child, PathBuf, PathBuf)
     let out = d.join(prefix);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fav"));
     cmd.arg("train").arg(examples().join("toy-vae.toml"));
-    for kv in ["pretrain.steps=150", "pretrain.eval_every=75", "eval.samples=1024", "fav.ref_pool=20000"] {
-        cmd.args(["--set", kv]);
-    }
-    for kv in sets {
-        cmd.args(["--set", kv]);
-    }
+    cmd.args(common::small_job(d, sets));
     cmd.arg("--set").arg(format!("checkpoint.url=s3://ckpt/{prefix}"));
-    cmd.arg("--set").arg(format!("pretrain.cache_dir={}", d.join("cache").display()));
     let log = d.join(format!("{prefix}.log"));
     cmd.arg("--out").arg(&out).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
     S3Server::env(&mut cmd);

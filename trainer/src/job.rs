@@ -3,7 +3,7 @@
 //!
 //! Run directory: `metrics.jsonl` (one object per evaluation), `summary.json`,
 //! `final.safetensors` (aligned network by module path), `samples.png` (base | aligned | target),
-//! `config.json` (the resolved configuration).
+//! `curves.png` (loss, reward, KL, MMD² over steps), `config.json` (the resolved configuration).
 
 use crate::align::{AlignError, Aligner};
 use crate::checkpoint::{self, Resumed, Saver, State};
@@ -397,6 +397,7 @@ pub fn run_on(
         &out.join("samples.png"),
     )
     .map_err(|e| dir_err(&out.join("samples.png"), e))?;
+    training_curves(&metric_lines, &out.join("curves.png")).map_err(|e| dir_err(&out.join("curves.png"), e))?;
     let summary = Summary {
         base: base_scores,
         final_: last,
@@ -418,6 +419,19 @@ pub fn run_on(
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&json).expect("json"))
         .map_err(|e| dir_err(&out.join("summary.json"), e))?;
     Ok(Outcome::Finished(Some(Box::new(summary))))
+}
+
+/// `curves.png`: loss, mean reward, KL and MMD² against the tilted target over the steps of
+/// `metrics.jsonl`.
+fn training_curves(metric_lines: &[String], path: &Path) -> Result<(), String> {
+    let rows: Vec<serde_json::Value> = metric_lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        rows.iter().filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?))).collect()
+    };
+    plot::curves(
+        &[("LOSS", series("loss")), ("REWARD", series("reward_mean")), ("KL", series("kl")), ("MMD2", series("mmd2"))],
+        path,
+    )
 }
 
 /// Wait for the checkpoint of `step` (rank 0 saves it) and tell every rank whether it is safe.

@@ -1,5 +1,6 @@
-//! Side-by-side density pictures of 2-D sample sets (base | aligned | target), as PNG.
-//! Drawn directly with `image`: no font or system library needed.
+//! Pictures as PNG: side-by-side densities of 2-D sample sets (base | aligned | target) and the
+//! training curves (loss, reward, KL, MMD² over steps). Drawn directly with `image` and built-in
+//! 5×7 glyphs: no font or system library needed.
 
 use image::{Rgb, RgbImage};
 use std::path::Path;
@@ -23,21 +24,43 @@ fn glyph(c: char) -> [u8; 7] {
         'R' => [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11],
         'S' => [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E],
         'T' => [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
+        'K' => [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
+        'M' => [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11],
+        'O' => [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
+        'P' => [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
+        'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A],
+        '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
+        '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
+        '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
+        '3' => [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
+        '4' => [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
+        '5' => [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
+        '6' => [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
+        '7' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
+        '8' => [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
+        '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
+        '.' => [0, 0, 0, 0, 0, 0x0C, 0x0C],
+        '-' => [0, 0, 0, 0x1F, 0, 0, 0],
         _ => [0; 7],
     }
 }
 
 fn draw_text(img: &mut RgbImage, text: &str, x_centre: u32, y: u32) {
-    let w = text.len() as u32 * 6 * GLYPH_SCALE;
+    draw_text_scaled(img, text, x_centre, y, GLYPH_SCALE);
+}
+
+/// `text` centred on `x_centre` with its top at `y`, each glyph pixel `scale` pixels wide.
+fn draw_text_scaled(img: &mut RgbImage, text: &str, x_centre: u32, y: u32, scale: u32) {
+    let w = text.len() as u32 * 6 * scale;
     let x0 = x_centre.saturating_sub(w / 2);
     for (i, c) in text.chars().enumerate() {
         for (row, bits) in glyph(c).iter().enumerate() {
             for col in 0..5u32 {
                 if bits & (0x10 >> col) != 0 {
-                    for dy in 0..GLYPH_SCALE {
-                        for dx in 0..GLYPH_SCALE {
-                            let px = x0 + (i as u32 * 6 + col) * GLYPH_SCALE + dx;
-                            let py = y + row as u32 * GLYPH_SCALE + dy;
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            let px = x0 + (i as u32 * 6 + col) * scale + dx;
+                            let py = y + row as u32 * scale + dy;
                             if px < img.width() && py < img.height() {
                                 img.put_pixel(px, py, Rgb([30, 30, 30]));
                             }
@@ -48,6 +71,7 @@ fn draw_text(img: &mut RgbImage, text: &str, x_centre: u32, y: u32) {
         }
     }
 }
+
 const EXTENT: f32 = 4.5;
 
 /// Perceptually ordered dark-to-bright ramp (an inferno-like map).
@@ -104,4 +128,140 @@ pub fn density_panels(sets: &[(&str, &[f32])], centres: &[[f64; 2]], path: &Path
         }
     }
     img.save(path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+const CURVE_W: u32 = 420;
+const CURVE_H: u32 = 260;
+/// Margin around a curve's plot area: room for the title above and the labels around.
+const MARGIN: u32 = 36;
+
+/// A compact label for an axis value (`0.0123`, `1.2E-4`, `1500`).
+fn label(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let a = v.abs();
+    if (0.01..100_000.0).contains(&a) {
+        let digits = (3 - a.log10().floor() as i32).clamp(0, 4) as usize;
+        return format!("{v:.digits$}");
+    }
+    format!("{v:.1E}")
+}
+
+/// Training curves, one titled panel per series: `(title, [(step, value)])`, values over steps
+/// with the axis ranges written at the ends. Titles and labels use digits, `. -` and the
+/// letters A B D E G I K L M N O P R S T W.
+pub fn curves(series: &[(&str, Vec<(f64, f64)>)], path: &Path) -> Result<(), String> {
+    let cols = series.len().clamp(1, 2) as u32;
+    let rows = (series.len() as u32).div_ceil(cols);
+    let mut img = RgbImage::from_pixel(cols * CURVE_W, rows.max(1) * CURVE_H, Rgb([255, 255, 255]));
+    for (i, (title, pts)) in series.iter().enumerate() {
+        let (ox, oy) = ((i as u32 % cols) * CURVE_W, (i as u32 / cols) * CURVE_H);
+        draw_text_scaled(&mut img, title, ox + CURVE_W / 2, oy + 8, 2);
+        let (left, top) = (ox + MARGIN + 24, oy + MARGIN);
+        let (w, h) = (CURVE_W - 2 * MARGIN - 24, CURVE_H - 2 * MARGIN);
+        // Frame.
+        for x in left..=left + w {
+            img.put_pixel(x, top, Rgb([200, 200, 200]));
+            img.put_pixel(x, top + h, Rgb([120, 120, 120]));
+        }
+        for y in top..=top + h {
+            img.put_pixel(left, y, Rgb([120, 120, 120]));
+            img.put_pixel(left + w, y, Rgb([200, 200, 200]));
+        }
+        let finite: Vec<(f64, f64)> = pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        if finite.is_empty() {
+            continue;
+        }
+        let span = |it: &mut dyn Iterator<Item = f64>| {
+            let (lo, hi) = it.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+            if hi > lo {
+                (lo, hi)
+            } else {
+                (lo - 0.5 * lo.abs().max(1e-12), hi + 0.5 * hi.abs().max(1e-12))
+            }
+        };
+        let (x0, x1) = span(&mut finite.iter().map(|p| p.0));
+        let (y0, y1) = span(&mut finite.iter().map(|p| p.1));
+        draw_text_scaled(&mut img, &label(y1), ox + MARGIN - 2, top - 4, 1);
+        draw_text_scaled(&mut img, &label(y0), ox + MARGIN - 2, top + h - 4, 1);
+        draw_text_scaled(&mut img, &label(x0), left, top + h + 6, 1);
+        draw_text_scaled(&mut img, &label(x1), left + w, top + h + 6, 1);
+        let at = |(x, y): (f64, f64)| {
+            let px = left as f64 + (x - x0) / (x1 - x0) * w as f64;
+            let py = (top + h) as f64 - (y - y0) / (y1 - y0) * h as f64;
+            (px.round() as i64, py.round() as i64)
+        };
+        let blue = Rgb([31, 119, 180]);
+        for pair in finite.windows(2) {
+            line(&mut img, at(pair[0]), at(pair[1]), blue);
+        }
+        for &p in &finite {
+            let (px, py) = at(p);
+            for (dx, dy) in [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)] {
+                put(&mut img, px + dx, py + dy, blue);
+            }
+        }
+    }
+    img.save(path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
+    if (0..img.width() as i64).contains(&x) && (0..img.height() as i64).contains(&y) {
+        img.put_pixel(x as u32, y as u32, c);
+    }
+}
+
+/// Bresenham's line from `a` to `b`.
+fn line(img: &mut RgbImage, a: (i64, i64), b: (i64, i64), c: Rgb<u8>) {
+    let (dx, dy) = ((b.0 - a.0).abs(), -(b.1 - a.1).abs());
+    let (sx, sy) = (if a.0 < b.0 { 1 } else { -1 }, if a.1 < b.1 { 1 } else { -1 });
+    let (mut x, mut y, mut err) = (a.0, a.1, dx + dy);
+    loop {
+        put(img, x, y, c);
+        if (x, y) == b {
+            break;
+        }
+        let e2 = 2 * err;
+        if e2 >= dy {
+            err += dy;
+            x += sx;
+        }
+        if e2 <= dx {
+            err += dx;
+            y += sy;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_short_and_use_only_drawable_characters() {
+        for (v, want) in [(0.0, "0"), (0.0123, "0.0123"), (1500.0, "1500"), (0.6789, "0.679"), (1.2e-4, "1.2E-4")] {
+            assert_eq!(label(v), want);
+        }
+        for v in [3.3e-5, -2.5, 123456.0, 0.01] {
+            assert!(label(v).chars().all(|c| glyph(c) != [0; 7]), "{v} → {}", label(v));
+        }
+    }
+
+    #[test]
+    fn curves_draw_each_series_in_its_panel() {
+        let path = std::env::temp_dir().join(format!("fav-curves-{}.png", std::process::id()));
+        let rising: Vec<(f64, f64)> = (0..10).map(|i| (i as f64 * 10.0, i as f64)).collect();
+        curves(&[("LOSS", rising.clone()), ("REWARD", rising)], &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!((img.width(), img.height()), (2 * CURVE_W, CURVE_H));
+        // A rising series runs from the bottom-left to the top-right corner of each plot area.
+        let blue = Rgb([31, 119, 180]);
+        for panel in 0..2 {
+            let left = panel * CURVE_W + MARGIN + 24;
+            assert_eq!(*img.get_pixel(left, CURVE_H - MARGIN), blue);
+            assert_eq!(*img.get_pixel(left + CURVE_W - 2 * MARGIN - 24, MARGIN), blue);
+        }
+    }
 }

@@ -126,6 +126,17 @@ pub fn broadcast_module<M: Module + ModuleSnapshot>(
     Ok(module)
 }
 
+/// Whether any rank has `flag` set (a stop was requested): every rank gets the same answer at
+/// the same step, so all of them stop together.
+pub fn any_rank(flag: bool, comm: &dyn Collective) -> Result<bool, fav_comm::CommError> {
+    if comm.size() == 1 {
+        return Ok(flag);
+    }
+    let mut v = [f32::from(u8::from(flag))];
+    comm.all_reduce_sum(&mut v)?;
+    Ok(v[0] > 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,15 +196,4 @@ mod tests {
         net.visit(&mut again);
         assert_eq!(again.out, flat);
     }
-}
-
-/// Whether any rank has `flag` set (a stop was requested): every rank gets the same answer at
-/// the same step, so all of them stop together.
-pub fn any_rank(flag: bool, comm: &dyn Collective) -> Result<bool, fav_comm::CommError> {
-    if comm.size() == 1 {
-        return Ok(flag);
-    }
-    let mut v = [f32::from(u8::from(flag))];
-    comm.all_reduce_sum(&mut v)?;
-    Ok(v[0] > 0.0)
 }

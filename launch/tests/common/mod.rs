@@ -49,3 +49,30 @@ pub fn wait_or_kill(job: &mut std::process::Child, limit: std::time::Duration, w
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `--set` arguments of a small toy job: a short pretraining cached under `<d>/cache` (shared by
+/// the jobs of one test), a small evaluation and reference pool; then `extra` (`key=value`).
+pub fn small_job(d: &Path, extra: &[&str]) -> Vec<String> {
+    let mut kv: Vec<String> =
+        ["pretrain.steps=150", "pretrain.eval_every=75", "eval.samples=1024", "fav.ref_pool=20000"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+    kv.push(format!("pretrain.cache_dir={}", d.join("cache").display()));
+    kv.into_iter().flat_map(|s| ["--set".to_string(), s]).collect()
+}
+
+/// Steps of the complete checkpoints (with a manifest) in `<run>/checkpoints`, ascending.
+pub fn checkpoints(run: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
