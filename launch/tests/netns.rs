@@ -37,6 +37,9 @@ impl Hosts {
             );
         }
         sh(&s);
+        for k in [1, 2] {
+            Self::wait_reachable(k);
+        }
         // mpirun's remote-shell agent: "ssh 10.231.0.K cmd…" becomes cmd run in namespace fav-hK
         // with its own host name (ranks are grouped into nodes by host name).
         let agent = dir.join("agent.sh");
@@ -50,6 +53,25 @@ impl Hosts {
         sh(&format!("chmod +x {}", agent.display()));
         std::fs::write(dir.join("hostfile"), "10.231.0.1 slots=1\n10.231.0.2 slots=1\n").unwrap();
         Hosts { dir: dir.to_path_buf() }
+    }
+
+    /// Wait until host `k` can open a TCP connection to the launcher's side of the bridge: a
+    /// link that just came up takes a moment before the bridge forwards its traffic.
+    fn wait_reachable(k: usize) {
+        let listener = std::net::TcpListener::bind("10.231.0.254:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let probe = format!("exec 3<>/dev/tcp/10.231.0.254/{port}");
+        let t = Instant::now();
+        while !Command::new("ip")
+            .args(["netns", "exec", &format!("fav-h{k}"), "timeout", "2", "bash", "-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(t.elapsed() < Duration::from_secs(30), "host fav-h{k} never reached the bridge");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn kill_inside(k: usize) {
@@ -127,6 +149,7 @@ fn a_cut_link_ends_the_job_quickly_and_the_rerun_resumes() {
 
     // Link back, same command: it resumes from the last checkpoint and finishes.
     sh("ip link set favv2 up");
+    Hosts::wait_reachable(2);
     let o = hosts.mpirun(&d, &out).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");

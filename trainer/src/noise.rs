@@ -23,6 +23,8 @@ pub enum Stream {
     Init = 6,
     /// Black-box (NES) gradient perturbations.
     Nes = 7,
+    /// The procedural image dataset.
+    Shapes = 8,
 }
 
 /// SplitMix64 finaliser: a bijective mix, so distinct inputs give distinct 64-bit keys.

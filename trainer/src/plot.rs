@@ -234,6 +234,31 @@ fn line(img: &mut RgbImage, a: (i64, i64), b: (i64, i64), c: Rgb<u8>) {
     }
 }
 
+/// A grid of RGB images (`[C, H, W]` values in [−1, 1], `side × side` each, `n` of them in
+/// `pixels`), `cols` per row, each pixel drawn `zoom × zoom`, with a 2-pixel white gutter.
+pub fn image_grid(pixels: &[f32], side: usize, cols: usize, zoom: u32, path: &Path) -> Result<(), String> {
+    let per = 3 * side * side;
+    let n = pixels.len() / per;
+    let rows = n.div_ceil(cols.max(1));
+    let cell = side as u32 * zoom + 2;
+    let mut img = RgbImage::from_pixel(cols as u32 * cell + 2, rows as u32 * cell + 2, Rgb([255, 255, 255]));
+    for (k, im) in pixels.chunks_exact(per).enumerate() {
+        let (ox, oy) = (2 + (k % cols) as u32 * cell, 2 + (k / cols) as u32 * cell);
+        for y in 0..side {
+            for x in 0..side {
+                let c = |ch: usize| ((im[ch * side * side + y * side + x] / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0) as u8;
+                let px = Rgb([c(0), c(1), c(2)]);
+                for dy in 0..zoom {
+                    for dx in 0..zoom {
+                        img.put_pixel(ox + x as u32 * zoom + dx, oy + y as u32 * zoom + dy, px);
+                    }
+                }
+            }
+        }
+    }
+    img.save(path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
