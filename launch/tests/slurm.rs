@@ -1,8 +1,10 @@
 //! `fav slurm-script` under a real single-node Slurm (slurmctld, slurmd, munge from Debian),
 //! started by this test with its own state folder and stopped after:
 //! - the generated script runs a 2-task job with `sbatch`;
-//! - a second job is sent `scancel --signal=USR1`, stops with a checkpoint, requeues itself,
-//!   resumes without any flag, and ends with parameters identical to the uninterrupted job.
+//! - a second job is sent `scancel --signal=USR1` (to its tasks) and a third `scancel --batch
+//!   --signal=USR1` (to its batch shell, as the time-limit warning is); each stops with a
+//!   checkpoint, requeues itself, resumes without any flag, and ends with parameters identical
+//!   to the uninterrupted job.
 //!
 //! Needs root and `apt-get install slurmctld slurmd slurm-client munge` (after OpenMPI);
 //! `scripts/test-all.sh` installs them.
@@ -135,40 +137,59 @@ fn sbatch_runs_the_script_and_a_preempted_job_requeues_and_resumes_exactly() {
     let log = log_of(&full);
     assert!(log.contains("launcher=Pmix world_size=2 nodes=1 ranks_per_node=2"), "{log}");
 
-    // Preempted once it has evaluated, then left to Slurm.
-    let cut = d.join("cut");
-    let s = script(&d, &cut, 500);
-    let job = run_ok(slurm.cmd("sbatch").arg("--parsable").arg(&s)).trim().to_string();
-    let t = Instant::now();
-    while !std::fs::read_to_string(cut.join("metrics.jsonl")).is_ok_and(|m| !m.is_empty()) {
-        assert!(t.elapsed() < Duration::from_secs(120), "job {job} did not start: {}", slurm.job(&job, "JobState"));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    run_ok(slurm.cmd("scancel").args(["--signal=USR1", &job]));
-    // Slurm holds a requeued job for about two minutes before it is eligible again.
-    let t = Instant::now();
-    loop {
-        let state = slurm.job(&job, "JobState");
-        if state == "COMPLETED" {
-            break;
+    // Preempted once they have evaluated, then left to Slurm.
+    // Two preempted jobs: one whose tasks get USR1 from `scancel --signal=USR1`, one whose batch
+    // shell gets it (`--batch`, as Slurm's `--signal=B:USR1@grace` warning does) and forwards it.
+    // The second queues behind the first and runs while the first waits to be requeued.
+    let jobs: Vec<(PathBuf, String, &[&str])> =
+        [("cut", &["--signal=USR1"][..]), ("cut-batch", &["--batch", "--signal=USR1"][..])]
+            .into_iter()
+            .map(|(name, how)| {
+                let out = d.join(name);
+                let job = run_ok(slurm.cmd("sbatch").arg("--parsable").arg(script(&d, &out, 500))).trim().to_string();
+                (out, job, how)
+            })
+            .collect();
+    for (out, job, how) in &jobs {
+        let t = Instant::now();
+        while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|m| !m.is_empty()) {
+            assert!(t.elapsed() < Duration::from_secs(300), "job {job} did not start: {}", slurm.job(job, "JobState"));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(
-            !["FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"].contains(&state.as_str()),
-            "job {job} ended {state}: {}",
-            log_of(&cut)
-        );
-        assert!(t.elapsed() < Duration::from_secs(400), "job {job} still {state} after 400 s: {}", log_of(&cut));
-        std::thread::sleep(Duration::from_secs(1));
+        run_ok(slurm.cmd("scancel").args(*how).arg(job));
     }
-    let log = log_of(&cut);
-    assert_eq!(slurm.job(&job, "Restarts"), "1", "requeued once: {log}");
-    assert!(log.contains("signal=\"SIGUSR1\"") && log.contains("requeueing job"), "{log}");
-    assert!(log.contains("resuming from checkpoint"), "the requeued job resumed by itself: {log}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
-    let from = summary["resumed_from"].as_u64().expect("resumed");
-    assert!(from > 0 && from < 500 && !from.is_multiple_of(100), "resumed from the signal's checkpoint, step {from}");
+    // Slurm holds a requeued job for about two minutes before it is eligible again.
     let a = std::fs::read(full.join("final.safetensors")).unwrap();
-    let b = std::fs::read(cut.join("final.safetensors")).unwrap();
-    assert!(a == b, "the requeued job (resumed at step {from}) differs from the uninterrupted one");
+    for (cut, job, how) in &jobs {
+        let t = Instant::now();
+        loop {
+            let state = slurm.job(job, "JobState");
+            if state == "COMPLETED" {
+                break;
+            }
+            assert!(
+                !["FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"].contains(&state.as_str()),
+                "job {job} ended {state}: {}",
+                log_of(cut)
+            );
+            assert!(t.elapsed() < Duration::from_secs(400), "job {job} still {state} after 400 s: {}", log_of(cut));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let log = log_of(cut);
+        assert_eq!(slurm.job(job, "Restarts"), "1", "scancel {how:?}: requeued once: {log}");
+        assert!(log.contains("signal=\"SIGUSR1\"") && log.contains("requeueing job"), "{log}");
+        assert!(log.contains("resuming from checkpoint"), "the requeued job resumed by itself: {log}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+        let from = summary["resumed_from"].as_u64().expect("resumed");
+        assert!(
+            from > 0 && from < 500 && !from.is_multiple_of(100),
+            "resumed from the signal's checkpoint, step {from}"
+        );
+        let b = std::fs::read(cut.join("final.safetensors")).unwrap();
+        assert!(
+            a == b,
+            "scancel {how:?}: the requeued job (resumed at step {from}) differs from the uninterrupted one"
+        );
+    }
 }

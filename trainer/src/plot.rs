@@ -142,7 +142,8 @@ fn label(v: f64) -> String {
     }
     let a = v.abs();
     if (0.01..100_000.0).contains(&a) {
-        let digits = (3 - a.log10().floor() as i32).clamp(0, 4) as usize;
+        // Three significant digits.
+        let digits = (2 - a.log10().floor() as i32).clamp(0, 4) as usize;
         return format!("{v:.digits$}");
     }
     format!("{v:.1E}")

@@ -55,6 +55,17 @@ impl S3Server {
         assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
     }
 
+    /// Stop the server the way an orderly shutdown does (SIGTERM): it drops its connections and
+    /// persists its metadata (after SIGKILL, SeaweedFS may lose its last few metadata changes).
+    pub fn stop(&mut self) {
+        if self.child.is_some() {
+            self.signal("-TERM");
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
     pub fn kill(&mut self) {
         if self.child.is_some() {
             self.signal("-CONT");
@@ -106,8 +117,14 @@ impl S3Server {
     /// Multipart uploads begun and neither completed nor aborted: SeaweedFS keeps each as a
     /// folder under `/buckets/<bucket>/.uploads/`.
     pub fn uploads_in_progress(&self) -> usize {
+        self.uploads().len()
+    }
+
+    /// The folders of [`Self::uploads_in_progress`], by full path.
+    pub fn uploads(&self) -> Vec<String> {
         let body = filer_get("/buckets/ckpt/.uploads/").unwrap_or_default();
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return 0 };
-        v["Entries"].as_array().map_or(0, |e| e.len())
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return Vec::new() };
+        let entries = v["Entries"].as_array().cloned().unwrap_or_default();
+        entries.iter().map(|e| e["FullPath"].as_str().unwrap_or("?").to_string()).collect()
     }
 }

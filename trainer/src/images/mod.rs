@@ -1,4 +1,5 @@
-//! Image alignment pieces: the procedural dataset and the JPEG rewards.
+//! Image alignment pieces: the procedural dataset, the JPEG rewards and the learned reward.
 
+pub mod encoder;
 pub mod jpeg;
 pub mod shapes;

@@ -54,12 +54,26 @@ fn hsv(h: f32, s: f32, v: f32) -> [f32; 3] {
     [r + m, g + m, b + m]
 }
 
+/// The "aesthetic" score a learned reward is trained to predict: warm (red–orange), saturated
+/// foregrounds score high, cold or washed-out ones low; in [0, 1]. Like an aesthetic predictor
+/// it is a matter of taste, not of class, so every class can score high or low.
+pub fn aesthetic(hue: f32, saturation: f32) -> f32 {
+    0.5 * (1.0 + (std::f32::consts::TAU * (hue - 0.05)).cos()) * saturation
+}
+
 /// Image `index` of the dataset under `seed`: its class (`index % 10`, so every class is equally
 /// common) and its pixels in [−1, 1], `[C, H, W]` order.
 pub fn image(seed: u64, index: u64) -> (usize, Vec<f32>) {
+    let (class, px, _) = image_scored(seed, index);
+    (class, px)
+}
+
+/// [`image`] with its [`aesthetic`] score.
+pub fn image_scored(seed: u64, index: u64) -> (usize, Vec<f32>, f32) {
     let class = (index % CLASSES.len() as u64) as usize;
     let mut r = rng(seed, Stream::Shapes, index);
-    let fg = hsv(r.random(), r.random_range(0.55..1.0), r.random_range(0.75..1.0));
+    let (hue, sat): (f32, f32) = (r.random(), r.random_range(0.55..1.0));
+    let fg = hsv(hue, sat, r.random_range(0.75..1.0));
     let bg_hue: f32 = r.random();
     let bg = [hsv(bg_hue, r.random_range(0.1..0.5), r.random_range(0.1..0.35)), hsv(bg_hue + 0.1, 0.3, 0.25)];
     let scale = r.random_range(8.0..13.0f32);
@@ -88,7 +102,7 @@ pub fn image(seed: u64, index: u64) -> (usize, Vec<f32>) {
             }
         }
     }
-    (class, px)
+    (class, px, aesthetic(hue, sat))
 }
 
 /// Images `start..start + n` as one `[n, 3, 32, 32]` row-major buffer with their labels.
