@@ -1,15 +1,17 @@
-//! Low-rank adapters (LoRA) on linear and convolution weights (spec §8): `W x + (α/r)·B A x` with
-//! the base `W` frozen, `A` initialised small and random and `B` at zero, so an adapted network
-//! starts exactly at its base. With the adapters off it *is* the base — the reference model of
-//! FAV. `merged()` folds `(α/r)·B A` into `W` for inference; tensors are named the PEFT way
-//! (`<path>.lora_A.weight`, `<path>.lora_B.weight`).
+//! Low-rank adapters (LoRA) on linear and convolution weights (spec §8). A layer is trained
+//! plainly (pretraining), then [`adapt`](LoraLinear::adapt)ed: its base weights are frozen and
+//! `(α/r)·B A` is added, with `A` small and random and `B` zero, so the adapted network starts
+//! exactly at its base. With the adapter switched off it *is* the base — the reference model of
+//! FAV. [`merged`](LoraLinear::merged) folds the adapter into the base weight for inference, and
+//! [`lora_tensors`](LoraLinear::lora_tensors) names the adapter the PEFT way
+//! (`<path>.lora_A.weight` `[r, in…]`, `<path>.lora_B.weight` `[out, r…]`).
 
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 /// Adapter shape: rank and scale `α / r`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -30,87 +32,139 @@ fn init_a<const D: usize>(shape: [usize; D], fan_in: usize, device: &Device) -> 
     Param::from_tensor(Tensor::random(shape, Distribution::Uniform(-bound, bound), device))
 }
 
-/// A frozen linear layer with an adapter.
+/// One named tensor for export: name, shape, row-major values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+fn named<const D: usize>(name: String, t: &Tensor<D>) -> NamedTensor {
+    let data: TensorData = t.to_data().convert::<f32>();
+    let shape = data.shape().to_vec();
+    (name, shape, data.try_into_vec::<f32>().expect("f32 tensor"))
+}
+
+/// The adapter of a linear layer.
 #[derive(Module, Debug)]
-pub struct LoraLinear {
-    pub base: Linear,
+pub struct LinearAdapter {
     /// `[rank, in]`.
-    pub lora_a: Param<Tensor<2>>,
+    pub a: Param<Tensor<2>>,
     /// `[out, rank]`.
-    pub lora_b: Param<Tensor<2>>,
+    pub b: Param<Tensor<2>>,
     pub scale: f32,
     /// Off: the layer is its base.
     pub enabled: bool,
 }
 
+/// A linear layer that can carry an adapter.
+#[derive(Module, Debug)]
+pub struct LoraLinear {
+    pub base: Linear,
+    pub lora: Option<LinearAdapter>,
+}
+
 impl LoraLinear {
-    pub fn new(base: Linear, cfg: LoraConfig, device: &Device) -> Self {
-        let [d_in, d_out] = base.weight.dims();
-        Self {
-            base: base.no_grad(),
-            lora_a: init_a([cfg.rank, d_in], d_in, device),
-            lora_b: Param::from_tensor(Tensor::zeros([d_out, cfg.rank], device)),
+    /// A plain, trainable layer (no adapter yet).
+    pub fn plain(base: Linear) -> Self {
+        Self { base, lora: None }
+    }
+
+    /// Freeze the base and attach a fresh adapter.
+    pub fn adapt(self, cfg: LoraConfig, device: &Device) -> Self {
+        let [d_in, d_out] = self.base.weight.dims();
+        let lora = LinearAdapter {
+            a: init_a([cfg.rank, d_in], d_in, device),
+            b: Param::from_tensor(Tensor::zeros([d_out, cfg.rank], device)),
             scale: cfg.scale(),
             enabled: true,
+        };
+        Self { base: self.base.no_grad(), lora: Some(lora) }
+    }
+
+    /// Switch the adapter on or off (off: the reference model).
+    pub fn set_enabled(&mut self, on: bool) {
+        if let Some(l) = &mut self.lora {
+            l.enabled = on;
         }
     }
 
     /// `x: [batch, in]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let y = self.base.forward(x.clone());
-        if !self.enabled {
-            return y;
+        match &self.lora {
+            // burn stores linear weights as [in, out] (x·W); the adapter path is x·Aᵀ·Bᵀ.
+            Some(l) if l.enabled => {
+                y + x.matmul(l.a.val().transpose()).matmul(l.b.val().transpose()).mul_scalar(l.scale)
+            }
+            _ => y,
         }
-        // burn stores linear weights as [in, out]: x·W. The adapter path is x·Aᵀ·Bᵀ.
-        let low = x.matmul(self.lora_a.val().transpose());
-        y + low.matmul(self.lora_b.val().transpose()).mul_scalar(self.scale)
     }
 
     /// The base layer with `(α/r)·B A` folded into its weight.
     pub fn merged(&self) -> Linear {
-        let delta = self.lora_b.val().matmul(self.lora_a.val()).mul_scalar(self.scale); // [out, in]
         let mut m = self.base.clone();
-        m.weight = Param::from_tensor(m.weight.val() + delta.transpose());
+        if let Some(l) = &self.lora {
+            let delta = l.b.val().matmul(l.a.val()).mul_scalar(l.scale); // [out, in]
+            m.weight = Param::from_tensor(m.weight.val() + delta.transpose());
+        }
         m
+    }
+
+    /// The adapter's tensors under PEFT names, unscaled (α and r go in the adapter config).
+    pub fn lora_tensors(&self, path: &str) -> Vec<NamedTensor> {
+        self.lora.as_ref().map_or_else(Vec::new, |l| {
+            vec![named(format!("{path}.lora_A.weight"), &l.a.val()), named(format!("{path}.lora_B.weight"), &l.b.val())]
+        })
     }
 }
 
-/// A frozen 2-D convolution with an adapter: `A` is a convolution with the base's kernel,
-/// stride and padding into `rank` channels, `B` a 1×1 convolution back out.
+/// The adapter of a convolution: `A` convolves like the base into `rank` channels, `B` is 1×1.
 #[derive(Module, Debug)]
-pub struct LoraConv2d {
-    pub base: Conv2d,
+pub struct ConvAdapter {
     /// `[rank, in, kh, kw]`.
-    pub lora_a: Param<Tensor<4>>,
+    pub a: Param<Tensor<4>>,
     /// `[out, rank, 1, 1]`.
-    pub lora_b: Param<Tensor<4>>,
+    pub b: Param<Tensor<4>>,
     pub scale: f32,
     pub enabled: bool,
 }
 
+/// A 2-D convolution that can carry an adapter.
+#[derive(Module, Debug)]
+pub struct LoraConv2d {
+    pub base: Conv2d,
+    pub lora: Option<ConvAdapter>,
+}
+
 impl LoraConv2d {
-    pub fn new(base: Conv2d, cfg: LoraConfig, device: &Device) -> Self {
-        assert_eq!(base.groups, 1, "LoRA on grouped convolutions is not supported");
-        let [d_out, d_in, kh, kw] = base.weight.dims();
-        Self {
-            base: base.no_grad(),
-            lora_a: init_a([cfg.rank, d_in, kh, kw], d_in * kh * kw, device),
-            lora_b: Param::from_tensor(Tensor::zeros([d_out, cfg.rank, 1, 1], device)),
+    pub fn plain(base: Conv2d) -> Self {
+        Self { base, lora: None }
+    }
+
+    /// Freeze the base and attach a fresh adapter.
+    pub fn adapt(self, cfg: LoraConfig, device: &Device) -> Self {
+        assert_eq!(self.base.groups, 1, "LoRA on grouped convolutions is not supported");
+        let [d_out, d_in, kh, kw] = self.base.weight.dims();
+        let lora = ConvAdapter {
+            a: init_a([cfg.rank, d_in, kh, kw], d_in * kh * kw, device),
+            b: Param::from_tensor(Tensor::zeros([d_out, cfg.rank, 1, 1], device)),
             scale: cfg.scale(),
             enabled: true,
+        };
+        Self { base: self.base.no_grad(), lora: Some(lora) }
+    }
+
+    pub fn set_enabled(&mut self, on: bool) {
+        if let Some(l) = &mut self.lora {
+            l.enabled = on;
         }
     }
 
     /// `x: [batch, in, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self.base.forward(x.clone());
-        if !self.enabled {
-            return y;
-        }
-        // A convolves like the base (kernel, stride, dilation, padding), into `rank` channels.
+        let Some(l) = self.lora.as_ref().filter(|l| l.enabled) else { return y };
         let b = &self.base;
+        // A convolves like the base (kernel, stride, dilation, padding), into `rank` channels.
         let a = Conv2d {
-            weight: self.lora_a.clone(),
+            weight: l.a.clone(),
             bias: None,
             stride: b.stride,
             kernel_size: b.kernel_size,
@@ -118,21 +172,28 @@ impl LoraConv2d {
             groups: 1,
             padding: b.padding.clone(),
         };
-        let low = a.forward(x);
-        let up = conv2d(low, self.lora_b.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
-        y + up.mul_scalar(self.scale)
+        let up = conv2d(a.forward(x), l.b.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+        y + up.mul_scalar(l.scale)
     }
 
     /// The base convolution with `(α/r)·B A` folded into its kernel.
     pub fn merged(&self) -> Conv2d {
-        let [d_out, rank, _, _] = self.lora_b.dims();
-        let [_, d_in, kh, kw] = self.lora_a.dims();
-        let b = self.lora_b.val().reshape([d_out, rank]);
-        let a = self.lora_a.val().reshape([rank, d_in * kh * kw]);
-        let delta = b.matmul(a).reshape([d_out, d_in, kh, kw]).mul_scalar(self.scale);
         let mut m = self.base.clone();
-        m.weight = Param::from_tensor(m.weight.val() + delta);
+        if let Some(l) = &self.lora {
+            let [d_out, rank, _, _] = l.b.dims();
+            let [_, d_in, kh, kw] = l.a.dims();
+            let b = l.b.val().reshape([d_out, rank]);
+            let a = l.a.val().reshape([rank, d_in * kh * kw]);
+            let delta = b.matmul(a).reshape([d_out, d_in, kh, kw]).mul_scalar(l.scale);
+            m.weight = Param::from_tensor(m.weight.val() + delta);
+        }
         m
+    }
+
+    pub fn lora_tensors(&self, path: &str) -> Vec<NamedTensor> {
+        self.lora.as_ref().map_or_else(Vec::new, |l| {
+            vec![named(format!("{path}.lora_A.weight"), &l.a.val()), named(format!("{path}.lora_B.weight"), &l.b.val())]
+        })
     }
 }
 
@@ -147,21 +208,25 @@ mod tests {
     }
 
     /// Starts at the base; after B moves, forward equals the merged layer's forward (to float
-    /// rounding, 1e-5 on O(1) values); off means base.
+    /// rounding, 1e-5 on O(1) values); off means base; PEFT names and shapes.
     #[test]
-    fn linear_adapter_starts_at_base_and_merges_exactly() {
+    fn linear_adapter_starts_at_base_merges_exactly_and_exports_peft_names() {
         let dev = Device::flex();
         let cfg = LoraConfig { rank: 4, alpha: 8.0 };
         let base = LinearConfig::new(16, 8).init(&dev);
-        let mut l = LoraLinear::new(base.clone(), cfg, &dev);
+        let mut l = LoraLinear::plain(base.clone()).adapt(cfg, &dev);
         let x = Tensor::<2>::random([5, 16], Distribution::Normal(0.0, 1.0), &dev);
         assert_eq!(close(l.forward(x.clone()), base.forward(x.clone())), 0.0);
-        l.lora_b = Param::from_tensor(Tensor::random([8, 4], Distribution::Normal(0.0, 0.5), &dev));
+        l.lora.as_mut().unwrap().b = Param::from_tensor(Tensor::random([8, 4], Distribution::Normal(0.0, 0.5), &dev));
         let adapted = l.forward(x.clone());
         assert!(close(adapted.clone(), base.forward(x.clone())) > 1e-2, "the adapter changes the output");
         assert!(close(adapted, l.merged().forward(x.clone())) < 1e-5);
-        l.enabled = false;
+        let t = l.lora_tensors("fc");
+        assert_eq!((t[0].0.as_str(), t[0].1.as_slice()), ("fc.lora_A.weight", &[4usize, 16][..]));
+        assert_eq!((t[1].0.as_str(), t[1].1.as_slice()), ("fc.lora_B.weight", &[8usize, 4][..]));
+        l.set_enabled(false);
         assert_eq!(close(l.forward(x.clone()), base.forward(x)), 0.0);
+        assert!(LoraLinear::plain(base).lora_tensors("fc").is_empty());
     }
 
     #[test]
@@ -169,22 +234,29 @@ mod tests {
         let dev = Device::flex();
         let cfg = LoraConfig { rank: 2, alpha: 2.0 };
         let base = Conv2dConfig::new([3, 6], [3, 3]).with_padding(PaddingConfig2d::Same).init(&dev);
-        let mut c = LoraConv2d::new(base.clone(), cfg, &dev);
-        c.lora_b = Param::from_tensor(Tensor::random([6, 2, 1, 1], Distribution::Normal(0.0, 0.5), &dev));
+        let mut c = LoraConv2d::plain(base.clone()).adapt(cfg, &dev);
+        c.lora.as_mut().unwrap().b =
+            Param::from_tensor(Tensor::random([6, 2, 1, 1], Distribution::Normal(0.0, 0.5), &dev));
         let x = Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
         let flat = |t: Tensor<4>| t.reshape([2, 6 * 64]);
         assert!(close(flat(c.forward(x.clone())), flat(base.forward(x.clone()))) > 1e-2);
         assert!(close(flat(c.forward(x.clone())), flat(c.merged().forward(x))) < 1e-5);
+        let t = c.lora_tensors("convs.0");
+        assert_eq!(t[0].1, vec![2, 3, 3, 3]);
+        assert_eq!(t[1].1, vec![6, 2, 1, 1]);
     }
 
-    /// Only the adapters train: the frozen base gets no gradient.
+    /// A plain layer trains its base; an adapted one only its adapter.
     #[test]
-    fn only_adapters_get_gradients() {
+    fn only_adapters_get_gradients_once_adapted() {
         let dev = Device::flex().autodiff();
-        let l = LoraLinear::new(LinearConfig::new(4, 3).init(&dev), LoraConfig { rank: 2, alpha: 2.0 }, &dev);
         let x = Tensor::<2>::random([6, 4], Distribution::Normal(0.0, 1.0), &dev);
+        let plain = LoraLinear::plain(LinearConfig::new(4, 3).init(&dev));
+        let grads = plain.forward(x.clone()).sum().backward();
+        assert!(plain.base.weight.val().grad(&grads).is_some(), "a plain layer trains");
+        let l = plain.adapt(LoraConfig { rank: 2, alpha: 2.0 }, &dev);
         let grads = l.forward(x).sum().backward();
-        assert!(l.lora_b.val().grad(&grads).is_some(), "B (zero-initialised) gets a gradient");
+        assert!(l.lora.as_ref().unwrap().b.val().grad(&grads).is_some(), "B (zero-initialised) gets a gradient");
         assert!(l.base.weight.val().grad(&grads).is_none(), "the base is frozen");
     }
 }
