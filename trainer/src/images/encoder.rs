@@ -8,8 +8,8 @@ use super::shapes::{self, CLASSES, PIXELS, SIZE};
 use crate::noise::{self, Stream};
 use crate::svgd;
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::conv::Conv2d;
+use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -30,15 +30,8 @@ pub struct RewardModel {
 
 impl RewardModel {
     pub fn new(device: &Device) -> Self {
-        // 32 → 16 → 8 → 4 with stride-2 3×3 convolutions.
-        let conv = |i, o| {
-            Conv2dConfig::new([i, o], [3, 3])
-                .with_stride([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device)
-        };
         Self {
-            convs: vec![conv(3, 32), conv(32, 64), conv(64, 64)],
+            convs: super::downsampling_convs(&[3, 32, 64, 64], device),
             embed: LinearConfig::new(64 * 4 * 4, EMBED).init(device),
             score: LinearConfig::new(EMBED, 1).init(device),
             classes: LinearConfig::new(EMBED, CLASSES.len()).init(device),
