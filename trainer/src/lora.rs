@@ -41,6 +41,11 @@ fn named<const D: usize>(name: String, t: &Tensor<D>) -> NamedTensor {
     (name, shape, data.try_into_vec::<f32>().expect("f32 tensor"))
 }
 
+/// `<path>.lora_A.weight` and `<path>.lora_B.weight`.
+fn peft_pair<const D: usize>(path: &str, a: &Param<Tensor<D>>, b: &Param<Tensor<D>>) -> Vec<NamedTensor> {
+    vec![named(format!("{path}.lora_A.weight"), &a.val()), named(format!("{path}.lora_B.weight"), &b.val())]
+}
+
 /// The adapter of a linear layer.
 #[derive(Module, Debug)]
 pub struct LinearAdapter {
@@ -109,9 +114,7 @@ impl LoraLinear {
 
     /// The adapter's tensors under PEFT names, unscaled (α and r go in the adapter config).
     pub fn lora_tensors(&self, path: &str) -> Vec<NamedTensor> {
-        self.lora.as_ref().map_or_else(Vec::new, |l| {
-            vec![named(format!("{path}.lora_A.weight"), &l.a.val()), named(format!("{path}.lora_B.weight"), &l.b.val())]
-        })
+        self.lora.as_ref().map_or_else(Vec::new, |l| peft_pair(path, &l.a, &l.b))
     }
 }
 
@@ -191,9 +194,7 @@ impl LoraConv2d {
     }
 
     pub fn lora_tensors(&self, path: &str) -> Vec<NamedTensor> {
-        self.lora.as_ref().map_or_else(Vec::new, |l| {
-            vec![named(format!("{path}.lora_A.weight"), &l.a.val()), named(format!("{path}.lora_B.weight"), &l.b.val())]
-        })
+        self.lora.as_ref().map_or_else(Vec::new, |l| peft_pair(path, &l.a, &l.b))
     }
 }
 
