@@ -180,47 +180,8 @@ impl Saver {
         }
         let (store, timeout, keep) = (self.store.clone(), self.timeout, self.keep);
         // The upload's log lines carry the caller's span (the rank).
-        let span = tracing::Span::current();
-        let handle = self.rt.spawn(tracing::Instrument::instrument(
-            async move {
-                // Beyond object_store's own per-request retries: a server that is down for a while
-                // (restarting, failing over) gets this save again after 1, 2, 4, 8 and 16 s — all
-                // within `checkpoint.timeout_s`, after which the save is given up.
-                let attempts = async {
-                    let mut delay = std::time::Duration::from_secs(1);
-                    loop {
-                        match store.write(step, &config_hash, parts.clone(), meta.clone()).await {
-                            Err(e) if delay <= std::time::Duration::from_secs(16) => {
-                                tracing::warn!(step, retry_in_s = delay.as_secs(), "checkpoint upload failed: {e}");
-                                tokio::time::sleep(delay).await;
-                                delay *= 2;
-                            }
-                            done => return done,
-                        }
-                    }
-                };
-                match tokio::time::timeout(timeout, attempts).await {
-                    Ok(Ok(m)) => {
-                        // Old checkpoints go in the background too: listing and manifest reads
-                        // never hold up a step.
-                        match store.prune(keep).await {
-                            Ok(deleted) if !deleted.is_empty() => tracing::debug!(?deleted, "old checkpoints pruned"),
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!("pruning old checkpoints failed: {e}"),
-                        }
-                        Ok(m)
-                    }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(StorageError::Io {
-                        url: store.url().to_string(),
-                        op: "save",
-                        path: fav_storage::step_dir(step),
-                        reason: format!("gave up after checkpoint.timeout_s = {} s", timeout.as_secs()),
-                    }),
-                }
-            },
-            span,
-        ));
+        let task = save_and_prune(store, step, config_hash, parts, meta, timeout, keep);
+        let handle = self.rt.spawn(tracing::Instrument::instrument(task, tracing::Span::current()));
         self.pending = Some((step, handle));
     }
 
@@ -238,6 +199,46 @@ impl Saver {
         }
         last
     }
+}
+
+/// One background save: write the checkpoint, retrying beyond object_store's own per-request
+/// retries — a server that is down for a while (restarting, failing over) gets the save again
+/// after 1, 2, 4, 8 and 16 s, all within `timeout` (`checkpoint.timeout_s`), after which it is
+/// given up — then prune old checkpoints, so listing and manifest reads never hold up a step.
+async fn save_and_prune(
+    store: Arc<Store>,
+    step: u64,
+    config_hash: String,
+    parts: Vec<(String, Bytes)>,
+    meta: serde_json::Value,
+    timeout: std::time::Duration,
+    keep: usize,
+) -> Result<Manifest, StorageError> {
+    let attempts = async {
+        let mut delay = std::time::Duration::from_secs(1);
+        loop {
+            match store.write(step, &config_hash, parts.clone(), meta.clone()).await {
+                Err(e) if delay <= std::time::Duration::from_secs(16) => {
+                    tracing::warn!(step, retry_in_s = delay.as_secs(), "checkpoint upload failed: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                done => return done,
+            }
+        }
+    };
+    let saved = tokio::time::timeout(timeout, attempts).await.map_err(|_| StorageError::Io {
+        url: store.url().to_string(),
+        op: "save",
+        path: fav_storage::step_dir(step),
+        reason: format!("gave up after checkpoint.timeout_s = {} s", timeout.as_secs()),
+    })??;
+    match store.prune(keep).await {
+        Ok(deleted) if !deleted.is_empty() => tracing::debug!(?deleted, "old checkpoints pruned"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("pruning old checkpoints failed: {e}"),
+    }
+    Ok(saved)
 }
 
 /// What `fav export` wrote.

@@ -4,7 +4,7 @@
 //! scoring head on that embedding. A class head trains the embedding alongside the score, so it
 //! carries what a sample is, not only how it scores.
 
-use super::shapes::{self, CLASSES, PIXELS, SIZE};
+use super::shapes::{self, CLASSES, SIZE};
 use crate::noise::{self, Stream};
 use crate::svgd;
 use burn::module::Module;
@@ -92,7 +92,7 @@ pub fn train(
     for step in 0..steps {
         let mut r = noise::rng(seed, Stream::Shapes, (1 << 50) | step as u64);
         let idx: Vec<u64> = (0..batch).map(|_| 1_000_000 + r.random_range(0..200_000u64)).collect();
-        let (labels, px, scores) = gather(seed, &idx);
+        let (labels, px, scores) = shapes::pick(seed, &idx);
         let x = images(px, batch, &ad);
         let f = model.features(x);
         let pred = model.reward_of_features(f.clone()).reshape([batch]);
@@ -116,25 +116,11 @@ pub fn train(
     (model, fit)
 }
 
-/// Labels, pixels and aesthetic scores of images `idx`.
-fn gather(seed: u64, idx: &[u64]) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
-    use rayon::prelude::*;
-    let imgs: Vec<_> = idx.par_iter().map(|&i| shapes::image_scored(seed, i)).collect();
-    let mut px = Vec::with_capacity(idx.len() * PIXELS);
-    let (mut labels, mut scores) = (Vec::new(), Vec::new());
-    for (c, p, s) in imgs {
-        labels.push(c);
-        px.extend(p);
-        scores.push(s);
-    }
-    (labels, px, scores)
-}
-
 /// Accuracy and R² on 1 000 held-out images (indices from 2 000 000).
 pub fn evaluate(model: &RewardModel, seed: u64, device: &Device) -> RewardFit {
     let n = 1000;
     let idx: Vec<u64> = (2_000_000..2_000_000 + n as u64).collect();
-    let (labels, px, scores) = gather(seed, &idx);
+    let (labels, px, scores) = shapes::pick(seed, &idx);
     let f = model.features(images(px, n, device));
     let pred = svgd::to_vec(&model.reward_of_features(f.clone()));
     let logits = svgd::to_vec(&model.classes.forward(f));

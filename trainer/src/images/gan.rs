@@ -3,7 +3,7 @@
 //! `(seed, step)`.
 
 use super::generator::{one_hot, ConvGenerator, LATENT};
-use super::shapes::{self, CLASSES, SIZE};
+use super::shapes::{self, CLASSES};
 use crate::noise::{self, Stream};
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -80,8 +80,8 @@ pub fn train(
     for step in 0..steps {
         let mut r = noise::rng(seed, Stream::Pretrain, (1 << 50) | step as u64);
         let idx: Vec<u64> = (0..batch).map(|_| r.random_range(0..TRAIN_IMAGES)).collect();
-        let (labels, px): (Vec<usize>, Vec<Vec<f32>>) = idx.iter().map(|&i| shapes::image(seed, i)).unzip();
-        let real = Tensor::<4>::from_data(TensorData::new(px.concat(), [batch, 3, SIZE, SIZE]), &ad);
+        let (labels, px, _) = shapes::pick(seed, &idx);
+        let real = super::encoder::images(px, batch, &ad);
         let y = one_hot(&labels, &ad);
 
         // Discriminator: hinge loss on real and (detached) generated images of the same classes.

@@ -105,12 +105,24 @@ pub fn image_scored(seed: u64, index: u64) -> (usize, Vec<f32>, f32) {
     (class, px, aesthetic(hue, sat))
 }
 
+/// Images `idx` (in parallel): labels, one `[n, 3, 32, 32]` row-major buffer, aesthetic scores.
+pub fn pick(seed: u64, idx: &[u64]) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    let imgs: Vec<_> = idx.par_iter().map(|&i| image_scored(seed, i)).collect();
+    let mut px = Vec::with_capacity(idx.len() * PIXELS);
+    let (mut labels, mut scores) = (Vec::new(), Vec::new());
+    for (c, p, s) in imgs {
+        labels.push(c);
+        px.extend(p);
+        scores.push(s);
+    }
+    (labels, px, scores)
+}
+
 /// Images `start..start + n` as one `[n, 3, 32, 32]` row-major buffer with their labels.
 pub fn batch(seed: u64, start: u64, n: usize) -> (Vec<usize>, Vec<f32>) {
-    use rayon::prelude::*;
-    let imgs: Vec<(usize, Vec<f32>)> = (start..start + n as u64).into_par_iter().map(|i| image(seed, i)).collect();
-    let labels = imgs.iter().map(|(c, _)| *c).collect();
-    (labels, imgs.into_iter().flat_map(|(_, p)| p).collect())
+    let (labels, px, _) = pick(seed, &(start..start + n as u64).collect::<Vec<_>>());
+    (labels, px)
 }
 
 #[cfg(test)]
