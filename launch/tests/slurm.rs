@@ -56,12 +56,18 @@ impl Slurm {
             ),
         )
         .unwrap();
-        let started_munge = !Path::new("/run/munge/munge.socket.2").exists();
+        // A socket file alone proves nothing: a munged started by apt's postinst may be gone and
+        // have left it behind (CI saw exactly that), so ask munge itself and start one with
+        // `--force` (which replaces a stale socket) when it does not answer.
+        let started_munge = !Command::new("munge").arg("-n").output().is_ok_and(|o| o.status.success());
         if started_munge {
             run_ok(Command::new("sh").args([
                 "-c",
-                "mkdir -p /run/munge && chown munge:munge /run/munge && su -s /bin/sh munge -c /usr/sbin/munged",
+                "mkdir -p /run/munge && chown munge:munge /run/munge && \
+                 { [ -s /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key; } && \
+                 chown munge:munge /etc/munge/munge.key && su -s /bin/sh munge -c '/usr/sbin/munged --force'",
             ]));
+            run_ok(Command::new("munge").arg("-n"));
         }
         let s = Slurm { dir: dir.to_path_buf(), conf, started_munge };
         run_ok(s.cmd("slurmctld").arg("-i"));
