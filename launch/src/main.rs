@@ -73,6 +73,15 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Compare image runs: reward against diversity over training (mean over the seeds of each
+    /// method) with best-of-N from the base, as a PNG; prints a Markdown table.
+    Tradeoff {
+        /// Image run directories (each with summary.json and metrics.jsonl).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        #[arg(long, default_value = "tradeoff.png")]
+        out: PathBuf,
+    },
     /// Print a ready `sbatch` script that runs `fav train CONFIG` under `srun --mpi=pmix`, with
     /// requeue on preemption and resume on by default.
     SlurmScript {
@@ -164,6 +173,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let stop = signals::install(comm.rank())?;
             let mut reporter = progress::Reporter::new(comm.rank() == 0);
+            if cfg.task == fav_trainer::config::Task::Image {
+                let result = fav_trainer::images::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &stop);
+                drop(reporter);
+                let s = match result {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Ok(ExitCode::SUCCESS),
+                    Err(e) if comm.size() > 1 => {
+                        eprintln!("error on rank {}: {e}", comm.rank());
+                        comm.abort(1)
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let best = s.best_of_n.iter().map(|b| format!("N={} {:.4}", b.n, b.eval.reward_mean));
+                println!(
+                    "base  : reward {:.4}  diversity {:.4}\nfinal : reward {:.4}  diversity {:.4}\nbest-of-N (base): {}\n\
+                     {} steps in {:.1}s (pretrain {:.1}s, align {:.1}s) -> {}",
+                    s.base.reward_mean, s.base.diversity, s.final_.reward_mean, s.final_.diversity,
+                    best.collect::<Vec<_>>().join(", "), s.steps, s.wall_s, s.pretrain_s, s.align_s, out.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let result = fav_trainer::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume, &stop);
             drop(reporter);
             use fav_trainer::job::Outcome;
@@ -226,6 +256,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let doc = serde_json::json!({ "threads": threads, "toy_step": step, "field": field });
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tradeoff { runs, out } => {
+            let table = fav_trainer::images::report::tradeoff(&runs, &out).map_err(|e| anyhow::anyhow!(e))?;
+            print!("{table}");
+            eprintln!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { checkpoint, step, out } => {

@@ -1,7 +1,7 @@
 //! What a person sees while a job runs: a progress bar on a terminal (rank 0), plain periodic
 //! log lines otherwise.
 
-use fav_trainer::job::{EvalRecord, Observer};
+use fav_trainer::job::Observer;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -71,17 +71,11 @@ impl Observer for Reporter {
         }
     }
 
-    fn eval(&mut self, r: &EvalRecord) {
-        self.reward = r.reward_mean;
-        let line = format!(
-            "step {:>6}  kl {:.4}  mmd2 {:.5}  reward {:.4}  loss {:.3e}",
-            r.step, r.kl, r.mmd2, r.reward_mean, r.loss
-        );
+    fn eval(&mut self, reward: f64, line: &str) {
+        self.reward = reward;
         match &self.bar {
             Some(b) => b.println(line),
-            None => {
-                tracing::info!(step = r.step, kl = r.kl, mmd2 = r.mmd2, reward = r.reward_mean, loss = r.loss, "eval")
-            }
+            None => tracing::info!("eval {line}"),
         }
     }
 }

@@ -120,6 +120,15 @@ fn bad_input_is_refused_naming_it() {
     refused(&["train", "--set", "eval.every=0"], "eval.every");
     refused(&["train", "--set", "nokey"], "nokey");
     refused(&["train", "--set", "device=tpu"], "device");
+    refused(&["train", "--set", "task=image", "--set", "image.reward=jpeg_compress"], "fav.reward_grad");
+    refused(
+        &["train", "--set", "task=image", "--set", "eval.samples=320", "--set", "image.lora_targets=[\"attn\"]"],
+        "image.lora_targets",
+    );
+    refused(
+        &["train", "--set", "task=image", "--set", "fav.conditions=3", "--set", "eval.samples=320"],
+        "fav.conditions",
+    );
     #[cfg(not(feature = "cuda"))]
     refused(&["train", "--set", "device=cuda"], "--features cuda");
     refused(&["train", &s(&missing_base), "--out", &s(&d.join("r"))], "/nonexistent/base.safetensors");

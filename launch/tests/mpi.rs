@@ -76,7 +76,7 @@ fn same_global_batch_on_1_2_4_ranks_gives_the_same_weights() {
         assert_eq!(s["world_size"], np, "summary.json records the world size");
         runs.push((np, load(&out.join("final.safetensors"))));
     }
-    assert_close(&runs);
+    assert_close(&runs, 1e-5);
 
     // Two conditions per step and the black-box (NES) gradient: each particle's estimate is
     // made once, by its owner, from its own seeds — so the ranks still agree with one process.
@@ -94,19 +94,20 @@ fn same_global_batch_on_1_2_4_ranks_gives_the_same_weights() {
         assert!(o.status.success(), "np {np}: {}", String::from_utf8_lossy(&o.stderr));
         runs.push((np, load(&out.join("final.safetensors"))));
     }
-    assert_close(&runs);
+    // Only the order of the gradient sums differs between world sizes: rounding, not drift.
+    assert_close(&runs, 1e-5);
 }
 
-/// Every run's weights equal the first run's up to float rounding.
-fn assert_close(runs: &[(usize, Weights)]) {
+/// Every run's weights equal the first run's up to float rounding: `rel` of each tensor's
+/// largest value.
+fn assert_close(runs: &[(usize, Weights)], rel: f32) {
     let (_, reference) = &runs[0];
     for (np, tensors) in &runs[1..] {
         assert_eq!(tensors.len(), reference.len());
         for ((name, a), (_, b)) in reference.iter().zip(tensors) {
             let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let diff = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-            // Only the order of the gradient sums differs between world sizes: rounding, not drift.
-            assert!(diff <= 1e-5 * scale, "np {np}: {name} differs by {diff:e} (scale {scale:e}) from np 1");
+            assert!(diff <= rel * scale, "np {np}: {name} differs by {diff:e} (scale {scale:e}) from np 1");
         }
     }
 }
@@ -193,5 +194,58 @@ fn a_checkpoint_from_2_ranks_resumes_on_1() {
     run(2, 20, &d.join("reshaped"));
     let err = run(1, 40, &d.join("reshaped"));
     assert!(err.contains("resuming from checkpoint"), "{err}");
-    assert_close(&[(1, load(&d.join("whole/final.safetensors"))), (2, load(&d.join("reshaped/final.safetensors")))]);
+    assert_close(
+        &[(1, load(&d.join("whole/final.safetensors"))), (2, load(&d.join("reshaped/final.safetensors")))],
+        1e-5,
+    );
+}
+
+/// The image job's data-parallel step. With the learned reward (feature particles) the LoRA
+/// adapters after a few steps are the same on 1 and 2 ranks. With JPEG through NES they cannot
+/// be: each rank runs the generator on a batch of another size (4 rows instead of 8), the
+/// convolution kernels block their sums by batch, the pixels differ in the last bits, and a
+/// pixel at a u8 boundary then truncates the other way and encodes to another JPEG size — a
+/// quantising black box amplifies rounding to O(1) differences (measured: 0.4–0.9 of scale).
+/// What must hold there is that a run is reproducible: 2 ranks twice give identical bytes.
+#[test]
+fn image_alignment_on_2_ranks_matches_1() {
+    let d = tmp("image");
+    let fav = env!("CARGO_BIN_EXE_fav");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec!["train".into(), examples().join("image-gan-learned.toml").display().to_string()];
+        for kv in [
+            "image.gan_steps=20",
+            "image.reward_steps=20",
+            "image.best_of=[2]",
+            "eval.samples=20",
+            "steps=6",
+            "eval.every=3",
+        ]
+        .iter()
+        .chain(["fav.batch=8", "fav.check_every=3"].iter())
+        .chain(extra)
+        {
+            a.extend(["--set".into(), kv.to_string()]);
+        }
+        a.extend(["--set".into(), format!("pretrain.cache_dir={}", d.join("cache").display())]);
+        a
+    };
+    let run = |np: usize, extra: &[&str], name: &str| -> PathBuf {
+        let out = d.join(name);
+        let o = mpirun(np).arg(fav).args(args(extra)).arg("--out").arg(&out).output().unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        out.join("lora.safetensors")
+    };
+    let st = Command::new(fav).args(args(&["steps=1"])).arg("--out").arg(d.join("warm")).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+
+    let runs: Vec<_> = [1usize, 2].iter().map(|&np| (np, load(&run(np, &[], &format!("learned-np{np}"))))).collect();
+    // Besides the order of the gradient sums, the batch-dependent kernel blocking above changes
+    // the particles' last bits, and Adam's 1/√v (small while the adapters start from B = 0)
+    // magnifies that. Measured: 1.2e-5 of scale after 6 steps; a wrong seed or shard is O(1).
+    assert_close(&runs, 1e-4);
+
+    let jpeg = ["image.reward=\"jpeg_compress\"", "fav.reward_grad=\"nes\"", "fav.nes_sigma=0.005"];
+    let (a, b) = (run(2, &jpeg, "jpeg-a"), run(2, &jpeg, "jpeg-b"));
+    assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "FAV-B on 2 ranks is not reproducible");
 }

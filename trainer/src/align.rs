@@ -11,7 +11,6 @@ use crate::reward::{nes_grad, NesKey, Reward};
 use crate::svgd::{self, FieldConfig};
 use crate::sync;
 use crate::toy::ClusterReward;
-use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
@@ -102,14 +101,22 @@ impl Layout {
         self.k / self.g
     }
 
-    /// §6.3: this rank's generator seeds for condition `ci` at `step` — reference seeds
-    /// `pbase + [0, K)` come first, generator seeds `pbase + K + [0, K)` second, and rank r takes
-    /// elements `[r·K/G, (r+1)·K/G)`.
-    pub fn gen_seeds(&self, step: usize, ci: usize) -> std::ops::Range<u64> {
-        let base = (step * self.c * self.k * 2) as u64;
-        let pbase = base + (ci * 2 * self.k) as u64;
-        let first = pbase + self.k as u64 + (self.rank * self.own()) as u64;
+    /// §6.3: `pbase = step·C·K·2 + ci·2K`; reference seeds are `pbase + [0, K)`, generator seeds
+    /// `pbase + K + [0, K)`, and rank r takes elements `[r·K/G, (r+1)·K/G)` of each.
+    fn own_seeds(&self, step: usize, ci: usize, offset: usize) -> std::ops::Range<u64> {
+        let pbase = (step * self.c * self.k * 2 + ci * 2 * self.k) as u64;
+        let first = pbase + (offset + self.rank * self.own()) as u64;
         first..first + self.own() as u64
+    }
+
+    /// This rank's generator seeds for condition `ci` at `step`.
+    pub fn gen_seeds(&self, step: usize, ci: usize) -> std::ops::Range<u64> {
+        self.own_seeds(step, ci, self.k)
+    }
+
+    /// This rank's reference seeds for condition `ci` at `step`.
+    pub fn ref_seeds(&self, step: usize, ci: usize) -> std::ops::Range<u64> {
+        self.own_seeds(step, ci, 0)
     }
 }
 
@@ -125,6 +132,7 @@ pub struct Aligner<'c> {
     seed: u64,
     ref_batch: usize,
     lr: f64,
+    max_grad_norm: f64,
     reward_grad: RewardGrad,
     nes_sigma: f64,
     nes_samples: usize,
@@ -160,11 +168,7 @@ impl<'c> Aligner<'c> {
         let layout =
             Layout::new(cfg.fav.batch, cfg.fav.conditions, comm.size(), comm.rank()).map_err(AlignError::Layout)?;
         let pool = RefPool::draw(cfg.seed, cfg.fav.ref_pool, &sampler, base, device, comm)?;
-        let mut adam = AdamConfig::new().with_epsilon(1e-8);
-        if cfg.fav.max_grad_norm > 0.0 {
-            // Clipping acts on the optimiser's gradients, which are already the all-reduced sum.
-            adam = adam.with_grad_clipping(Some(GradientClippingConfig::Norm(cfg.fav.max_grad_norm as f32)));
-        }
+        let adam = AdamConfig::new().with_epsilon(1e-8);
         Ok(Self {
             net: base.clone().to_device(&device.clone().autodiff()).train().set_require_grad(true),
             optim: adam.init(),
@@ -176,6 +180,7 @@ impl<'c> Aligner<'c> {
             seed: cfg.seed,
             ref_batch: cfg.fav.ref_batch,
             lr: cfg.fav.lr,
+            max_grad_norm: cfg.fav.max_grad_norm,
             reward_grad: cfg.fav.reward_grad,
             nes_sigma: cfg.fav.nes_sigma,
             nes_samples: cfg.fav.nes_samples,
@@ -226,21 +231,15 @@ impl<'c> Aligner<'c> {
         }
         let surrogate = surrogate.expect("fav.conditions ≥ 1");
         let grads = GradientsParams::from_grads(surrogate.backward(), &self.net);
-        let grads = sync::all_reduce_grads(&self.net, grads, self.comm, &self.device)?;
+        let (grads, _) = sync::all_reduce_grads(&self.net, grads, self.comm, &self.device, self.max_grad_norm)?;
         self.net = self.optim.step(self.lr, self.net.clone(), grads);
         let mut total = [v_sq_sum as f32];
         self.comm.all_reduce_sum(&mut total)?;
         Ok(StepStats { loss: total[0] as f64 / (k * c * d) as f64 })
     }
 
-    /// All ranks' rows of a `[K/G, D]` block, in rank order.
     fn gather(&self, own: &Tensor<2>) -> Result<Tensor<2>, CommError> {
-        if self.comm.size() == 1 {
-            return Ok(own.clone());
-        }
-        let [rows, d] = own.dims();
-        let all = self.comm.all_gather(&svgd::to_vec(own))?;
-        Ok(svgd::matrix(all, rows * self.comm.size(), d, &self.device))
+        sync::gather_rows(own, self.comm, &self.device)
     }
 
     /// The optimiser state as burn record bytes (keyed by the network's parameter ids).

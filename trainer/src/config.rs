@@ -2,6 +2,7 @@
 //! Parsing TOML and `--set` overrides is the launcher's job; this is the typed result.
 
 use crate::generators::Family;
+use crate::images::align::{ImageReward, Method};
 use crate::svgd::{FieldConfig, KdeClamp, Repulsion};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `toy` (8 gaussians, the `model` families) or `image` (the `image` section).
+    pub task: Task,
     /// Run seed: initialisation, data, pretraining and particle noise all derive from it.
     pub seed: u64,
     /// Alignment (FAV) steps.
@@ -23,6 +26,72 @@ pub struct Config {
     pub fav: FavConfig,
     pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
+    pub image: ImageConfig,
+}
+
+/// Which job a config describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// The 8-gaussians benchmark (spec §10).
+    Toy,
+    /// Class-conditional 32×32 images (the procedural shapes dataset) with LoRA.
+    Image,
+}
+
+/// The image job (`task = "image"`). `fav.batch` is K (particles per class and step),
+/// `fav.conditions` is C (classes per step), `eval.samples` the evaluation images (all classes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// `learned` (differentiable, encoder-feature particles), `jpeg_compress` or
+    /// `jpeg_incompress` (black-box, pixel particles, `fav.reward_grad = "nes"`).
+    pub reward: ImageReward,
+    /// `fav` or the `draft` baseline (learned reward only).
+    pub method: Method,
+    /// DRaFT's reward multiplier λ.
+    pub draft_multiplier: f64,
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    /// Layers that get adapters: `fc`, `convs` (all convolutions) or `convs.N`.
+    pub lora_targets: Vec<String>,
+    /// AdamW weight decay (on the adapters).
+    pub weight_decay: f64,
+    /// Base generator safetensors. Empty: pretrain (GAN) and cache under `pretrain.cache_dir`.
+    pub base: String,
+    /// Reward model safetensors. Empty: train and cache under `pretrain.cache_dir`.
+    pub reward_model: String,
+    /// Seed of the base generator and the reward model (fixed models, like downloaded ones:
+    /// `seed` varies only the alignment).
+    pub pretrain_seed: u64,
+    pub gan_steps: usize,
+    pub gan_batch: usize,
+    pub reward_steps: usize,
+    pub reward_batch: usize,
+    /// Best-of-N sampling from the base, reported for each N here.
+    pub best_of: Vec<usize>,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            reward: ImageReward::Learned,
+            method: Method::Fav,
+            draft_multiplier: 1.0,
+            lora_rank: 8,
+            lora_alpha: 16.0,
+            lora_targets: vec!["fc".into(), "convs".into()],
+            weight_decay: 0.01,
+            base: String::new(),
+            reward_model: String::new(),
+            pretrain_seed: 0,
+            gan_steps: 3000,
+            gan_batch: 64,
+            reward_steps: 800,
+            reward_batch: 64,
+            best_of: vec![2, 4, 8, 16],
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,6 +192,7 @@ pub struct EvalConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            task: Task::Toy,
             seed: 0,
             steps: 1500,
             device: "cpu".into(),
@@ -132,6 +202,7 @@ impl Default for Config {
             fav: FavConfig::default(),
             eval: EvalConfig::default(),
             checkpoint: CheckpointConfig::default(),
+            image: ImageConfig::default(),
         }
     }
 }
@@ -261,6 +332,42 @@ impl Config {
         }
         if self.eval.samples < 2 {
             return Err(err("eval.samples", "must be ≥ 2"));
+        }
+        if self.task == Task::Image {
+            self.validate_image()?;
+        }
+        Ok(())
+    }
+
+    fn validate_image(&self) -> Result<(), ConfigError> {
+        let (i, f) = (&self.image, &self.fav);
+        let classes = crate::images::shapes::CLASSES.len();
+        if !classes.is_multiple_of(f.conditions) {
+            return Err(err("fav.conditions", format!("must divide the {classes} classes, got {}", f.conditions)));
+        }
+        if i.reward != ImageReward::Learned && f.reward_grad != RewardGrad::Nes {
+            return Err(err("fav.reward_grad", format!("{:?} is black-box: it needs \"nes\"", i.reward)));
+        }
+        if i.method == Method::Draft && i.reward != ImageReward::Learned {
+            return Err(err("image.method", "draft backpropagates the reward: it needs image.reward = \"learned\""));
+        }
+        if !self.eval.samples.is_multiple_of(classes) || self.eval.samples < 2 * classes {
+            return Err(err(
+                "eval.samples",
+                format!("must be a multiple of {classes} (the same count per class), ≥ {}", 2 * classes),
+            ));
+        }
+        positive("image.lora_rank", i.lora_rank)?;
+        positive_f("image.lora_alpha", i.lora_alpha)?;
+        positive_f("image.draft_multiplier", i.draft_multiplier)?;
+        if !(i.weight_decay.is_finite() && i.weight_decay >= 0.0) {
+            return Err(err("image.weight_decay", format!("must be ≥ 0, got {}", i.weight_decay)));
+        }
+        crate::images::generator::lora_targets(&i.lora_targets).map_err(|e| err("image.lora_targets", e))?;
+        positive("image.gan_batch", i.gan_batch)?;
+        positive("image.reward_batch", i.reward_batch)?;
+        if i.best_of.contains(&0) {
+            return Err(err("image.best_of", "every N must be ≥ 1"));
         }
         Ok(())
     }

@@ -27,8 +27,8 @@ pub trait Observer {
     fn phase(&mut self, _name: &str, _total: usize) {}
     /// `done` units of the current phase are finished; `loss` is the latest.
     fn progress(&mut self, _done: usize, _loss: f64) {}
-    /// An evaluation finished.
-    fn eval(&mut self, _rec: &EvalRecord) {}
+    /// An evaluation finished: its mean reward and a one-line account of it.
+    fn eval(&mut self, _reward: f64, _line: &str) {}
 }
 
 /// Observes nothing.
@@ -347,7 +347,13 @@ pub fn run_on(
                 let line = serde_json::to_string(&rec).expect("record serialises");
                 writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(|e| dir_err(&metrics_path, e))?;
                 metric_lines.push(line);
-                obs.eval(&rec);
+                obs.eval(
+                    rec.reward_mean,
+                    &format!(
+                        "step {:>6}  kl {:.4}  mmd2 {:.5}  reward {:.4}  loss {:.3e}",
+                        rec.step, rec.kl, rec.mmd2, rec.reward_mean, rec.loss
+                    ),
+                );
             }
         }
         let every = cfg.checkpoint.every;

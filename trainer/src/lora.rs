@@ -41,6 +41,24 @@ fn named<const D: usize>(name: String, t: &Tensor<D>) -> NamedTensor {
     (name, shape, data.try_into_vec::<f32>().expect("f32 tensor"))
 }
 
+/// Write named tensors as an f32 safetensors file (atomically: temporary file, then rename), with
+/// `format = pt` metadata as PEFT writes it.
+pub fn save_tensors(tensors: &[NamedTensor], path: &std::path::Path) -> Result<(), String> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| e.to_string())?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let data = safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())
+}
+
 /// `<path>.lora_A.weight` and `<path>.lora_B.weight`.
 fn peft_pair<const D: usize>(path: &str, a: &Param<Tensor<D>>, b: &Param<Tensor<D>>) -> Vec<NamedTensor> {
     vec![named(format!("{path}.lora_A.weight"), &a.val()), named(format!("{path}.lora_B.weight"), &b.val())]
@@ -69,6 +87,11 @@ impl LoraLinear {
     /// A plain, trainable layer (no adapter yet).
     pub fn plain(base: Linear) -> Self {
         Self { base, lora: None }
+    }
+
+    /// Freeze the base without an adapter (a layer LoRA does not target).
+    pub fn frozen(self) -> Self {
+        Self { base: self.base.no_grad(), lora: None }
     }
 
     /// Freeze the base and attach a fresh adapter.
@@ -139,6 +162,11 @@ pub struct LoraConv2d {
 impl LoraConv2d {
     pub fn plain(base: Conv2d) -> Self {
         Self { base, lora: None }
+    }
+
+    /// Freeze the base without an adapter (a layer LoRA does not target).
+    pub fn frozen(self) -> Self {
+        Self { base: self.base.no_grad(), lora: None }
     }
 
     /// Freeze the base and attach a fresh adapter.

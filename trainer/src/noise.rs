@@ -25,6 +25,8 @@ pub enum Stream {
     Nes = 7,
     /// The procedural image dataset.
     Shapes = 8,
+    /// The order in which conditions (classes) are visited (spec §6.2).
+    Conditions = 9,
 }
 
 /// SplitMix64 finaliser: a bijective mix, so distinct inputs give distinct 64-bit keys.

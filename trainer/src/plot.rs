@@ -29,6 +29,13 @@ fn glyph(c: char) -> [u8; 7] {
         'O' => [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
         'P' => [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
         'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A],
+        'C' => [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E],
+        'F' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10],
+        'H' => [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
+        'U' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
+        'V' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04],
+        'X' => [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11],
+        'Y' => [0x11, 0x11, 0x0A, 0x04, 0x04, 0x04, 0x04],
         '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
         '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
         '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
@@ -49,8 +56,12 @@ fn draw_text(img: &mut RgbImage, text: &str, x_centre: u32, y: u32) {
     draw_text_scaled(img, text, x_centre, y, GLYPH_SCALE);
 }
 
-/// `text` centred on `x_centre` with its top at `y`, each glyph pixel `scale` pixels wide.
 fn draw_text_scaled(img: &mut RgbImage, text: &str, x_centre: u32, y: u32, scale: u32) {
+    draw_text_coloured(img, text, x_centre, y, scale, Rgb([30, 30, 30]));
+}
+
+/// `text` centred on `x_centre` with its top at `y`, each glyph pixel `scale` pixels wide.
+fn draw_text_coloured(img: &mut RgbImage, text: &str, x_centre: u32, y: u32, scale: u32, ink: Rgb<u8>) {
     let w = text.len() as u32 * 6 * scale;
     let x0 = x_centre.saturating_sub(w / 2);
     for (i, c) in text.chars().enumerate() {
@@ -62,7 +73,7 @@ fn draw_text_scaled(img: &mut RgbImage, text: &str, x_centre: u32, y: u32, scale
                             let px = x0 + (i as u32 * 6 + col) * scale + dx;
                             let py = y + row as u32 * scale + dy;
                             if px < img.width() && py < img.height() {
-                                img.put_pixel(px, py, Rgb([30, 30, 30]));
+                                img.put_pixel(px, py, ink);
                             }
                         }
                     }
@@ -151,60 +162,93 @@ fn label(v: f64) -> String {
 
 /// Training curves, one titled panel per series: `(title, [(step, value)])`, values over steps
 /// with the axis ranges written at the ends. Titles and labels use digits, `. -` and the
-/// letters A B D E G I K L M N O P R S T W.
+/// letters A–Y except J, Q.
 pub fn curves(series: &[(&str, Vec<(f64, f64)>)], path: &Path) -> Result<(), String> {
     let cols = series.len().clamp(1, 2) as u32;
     let rows = (series.len() as u32).div_ceil(cols);
     let mut img = RgbImage::from_pixel(cols * CURVE_W, rows.max(1) * CURVE_H, Rgb([255, 255, 255]));
     for (i, (title, pts)) in series.iter().enumerate() {
-        let (ox, oy) = ((i as u32 % cols) * CURVE_W, (i as u32 / cols) * CURVE_H);
-        draw_text_scaled(&mut img, title, ox + CURVE_W / 2, oy + 8, 2);
-        let (left, top) = (ox + MARGIN + 24, oy + MARGIN);
-        let (w, h) = (CURVE_W - 2 * MARGIN - 24, CURVE_H - 2 * MARGIN);
-        // Frame.
-        for x in left..=left + w {
-            img.put_pixel(x, top, Rgb([200, 200, 200]));
-            img.put_pixel(x, top + h, Rgb([120, 120, 120]));
+        let origin = ((i as u32 % cols) * CURVE_W, (i as u32 / cols) * CURVE_H);
+        panel(&mut img, origin, title, &[(BLUE, pts.clone())]);
+    }
+    img.save(path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+const BLUE: Rgb<u8> = Rgb([31, 119, 180]);
+/// A series of points and the colour it is drawn in.
+type Coloured = (Rgb<u8>, Vec<(f64, f64)>);
+/// Colours of [`xy`] series, in order.
+pub const PALETTE: [Rgb<u8>; 4] = [BLUE, Rgb([255, 127, 14]), Rgb([44, 160, 44]), Rgb([214, 39, 40])];
+
+/// One panel of several series `(label, [(x, y)])` drawn as lines in [`PALETTE`] order, the
+/// labels in their colours under the title (e.g. reward against diversity for several methods).
+pub fn xy(title: &str, series: &[(&str, Vec<(f64, f64)>)], path: &Path) -> Result<(), String> {
+    let legend = 14 * series.len() as u32;
+    let mut img = RgbImage::from_pixel(2 * CURVE_W, 2 * CURVE_H + legend, Rgb([255, 255, 255]));
+    let coloured: Vec<_> =
+        series.iter().enumerate().map(|(i, (_, p))| (PALETTE[i % PALETTE.len()], p.clone())).collect();
+    panel_sized(&mut img, (0, legend), (2 * CURVE_W, 2 * CURVE_H), title, &coloured);
+    for (i, (label, _)) in series.iter().enumerate() {
+        draw_text_coloured(&mut img, label, CURVE_W, 4 + 14 * i as u32, 2, PALETTE[i % PALETTE.len()]);
+    }
+    img.save(path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn panel(img: &mut RgbImage, origin: (u32, u32), title: &str, series: &[Coloured]) {
+    panel_sized(img, origin, (CURVE_W, CURVE_H), title, series)
+}
+
+/// A framed panel at `origin` of `size` with every series on shared axes.
+fn panel_sized(img: &mut RgbImage, (ox, oy): (u32, u32), (pw, ph): (u32, u32), title: &str, series: &[Coloured]) {
+    draw_text_scaled(img, title, ox + pw / 2, oy + 8, 2);
+    let (left, top) = (ox + MARGIN + 24, oy + MARGIN);
+    let (w, h) = (pw - 2 * MARGIN - 24, ph - 2 * MARGIN);
+    for x in left..=left + w {
+        img.put_pixel(x, top, Rgb([200, 200, 200]));
+        img.put_pixel(x, top + h, Rgb([120, 120, 120]));
+    }
+    for y in top..=top + h {
+        img.put_pixel(left, y, Rgb([120, 120, 120]));
+        img.put_pixel(left + w, y, Rgb([200, 200, 200]));
+    }
+    let finite: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|(_, pts)| pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect())
+        .collect();
+    let all: Vec<(f64, f64)> = finite.iter().flatten().copied().collect();
+    if all.is_empty() {
+        return;
+    }
+    let span = |it: &mut dyn Iterator<Item = f64>| {
+        let (lo, hi) = it.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        if hi > lo {
+            (lo, hi)
+        } else {
+            (lo - 0.5 * lo.abs().max(1e-12), hi + 0.5 * hi.abs().max(1e-12))
         }
-        for y in top..=top + h {
-            img.put_pixel(left, y, Rgb([120, 120, 120]));
-            img.put_pixel(left + w, y, Rgb([200, 200, 200]));
+    };
+    let (x0, x1) = span(&mut all.iter().map(|p| p.0));
+    let (y0, y1) = span(&mut all.iter().map(|p| p.1));
+    draw_text_scaled(img, &label(y1), ox + MARGIN - 2, top - 4, 1);
+    draw_text_scaled(img, &label(y0), ox + MARGIN - 2, top + h - 4, 1);
+    draw_text_scaled(img, &label(x0), left, top + h + 6, 1);
+    draw_text_scaled(img, &label(x1), left + w, top + h + 6, 1);
+    let at = |(x, y): (f64, f64)| {
+        let px = left as f64 + (x - x0) / (x1 - x0) * w as f64;
+        let py = (top + h) as f64 - (y - y0) / (y1 - y0) * h as f64;
+        (px.round() as i64, py.round() as i64)
+    };
+    for ((colour, _), pts) in series.iter().zip(&finite) {
+        for pair in pts.windows(2) {
+            line(img, at(pair[0]), at(pair[1]), *colour);
         }
-        let finite: Vec<(f64, f64)> = pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
-        if finite.is_empty() {
-            continue;
-        }
-        let span = |it: &mut dyn Iterator<Item = f64>| {
-            let (lo, hi) = it.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
-            if hi > lo {
-                (lo, hi)
-            } else {
-                (lo - 0.5 * lo.abs().max(1e-12), hi + 0.5 * hi.abs().max(1e-12))
-            }
-        };
-        let (x0, x1) = span(&mut finite.iter().map(|p| p.0));
-        let (y0, y1) = span(&mut finite.iter().map(|p| p.1));
-        draw_text_scaled(&mut img, &label(y1), ox + MARGIN - 2, top - 4, 1);
-        draw_text_scaled(&mut img, &label(y0), ox + MARGIN - 2, top + h - 4, 1);
-        draw_text_scaled(&mut img, &label(x0), left, top + h + 6, 1);
-        draw_text_scaled(&mut img, &label(x1), left + w, top + h + 6, 1);
-        let at = |(x, y): (f64, f64)| {
-            let px = left as f64 + (x - x0) / (x1 - x0) * w as f64;
-            let py = (top + h) as f64 - (y - y0) / (y1 - y0) * h as f64;
-            (px.round() as i64, py.round() as i64)
-        };
-        let blue = Rgb([31, 119, 180]);
-        for pair in finite.windows(2) {
-            line(&mut img, at(pair[0]), at(pair[1]), blue);
-        }
-        for &p in &finite {
+        for &p in pts {
             let (px, py) = at(p);
             for (dx, dy) in [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)] {
-                put(&mut img, px + dx, py + dy, blue);
+                put(img, px + dx, py + dy, *colour);
             }
         }
     }
-    img.save(path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
@@ -272,6 +316,20 @@ mod tests {
         for v in [3.3e-5, -2.5, 123456.0, 0.01] {
             assert!(label(v).chars().all(|c| glyph(c) != [0; 7]), "{v} → {}", label(v));
         }
+    }
+
+    #[test]
+    fn xy_draws_every_series_in_its_colour() {
+        let path = std::env::temp_dir().join(format!("fav-xy-{}.png", std::process::id()));
+        let a: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, i as f64)).collect();
+        let b: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 9.0 - i as f64)).collect();
+        xy("REWARD", &[("FAV", a), ("DRAFT", b)], &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        std::fs::remove_file(&path).unwrap();
+        for c in &PALETTE[..2] {
+            assert!(img.pixels().filter(|p| *p == c).count() > 100, "series drawn in {c:?}");
+        }
+        assert!(!img.pixels().any(|p| *p == PALETTE[2]), "no third series");
     }
 
     #[test]

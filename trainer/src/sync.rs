@@ -12,6 +12,12 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
 }
 
+/// Trainable parameters only: a LoRA-adapted network's frozen base gets no gradient, must not be
+/// sent over the wire and must not reach the optimiser (weight decay would move it).
+fn trainable<const D: usize>(p: &Param<Tensor<D>>) -> bool {
+    p.val().is_require_grad()
+}
+
 struct Flatten<'a> {
     grads: &'a GradientsParams,
     out: Vec<f32>,
@@ -19,6 +25,9 @@ struct Flatten<'a> {
 
 impl ModuleVisitor for Flatten<'_> {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if !trainable(p) {
+            return;
+        }
         match self.grads.get::<D>(p.id) {
             Some(g) => self.out.extend(values(g)),
             None => self.out.extend(std::iter::repeat_n(0.0, p.val().shape().num_elements())),
@@ -35,6 +44,9 @@ struct Unflatten<'a> {
 
 impl ModuleVisitor for Unflatten<'_> {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if !trainable(p) {
+            return;
+        }
         let dims = p.val().dims();
         let n: usize = dims.iter().product();
         let data = TensorData::new(self.flat[self.pos..self.pos + n].to_vec(), dims);
@@ -43,24 +55,43 @@ impl ModuleVisitor for Unflatten<'_> {
     }
 }
 
+/// The trainable gradients of `module` as one flat buffer in module order.
+fn flatten<M: Module>(module: &M, grads: &GradientsParams) -> Vec<f32> {
+    let mut f = Flatten { grads, out: Vec::new() };
+    module.visit(&mut f);
+    f.out
+}
+
+fn unflatten<M: Module>(module: &M, flat: &[f32], device: &Device) -> GradientsParams {
+    let mut u = Unflatten { flat, pos: 0, grads: GradientsParams::new(), device: device.clone() };
+    module.visit(&mut u);
+    u.grads
+}
+
 /// Sum the gradients of `module` over all ranks with one all-reduce of one flat buffer
-/// (parameter order is the module's, identical on every rank).
+/// (parameter order is the module's, identical on every rank), then, when `max_norm > 0`, scale
+/// them so that their **global** L2 norm is at most `max_norm` (spec §6.6; burn's own clipping
+/// is per tensor). The norm is of the summed gradient, so it is the same on every rank.
+/// Returns the gradients and their norm before clipping.
 pub fn all_reduce_grads<M: Module>(
     module: &M,
     grads: GradientsParams,
     comm: &dyn Collective,
     device: &Device,
-) -> Result<GradientsParams, CommError> {
-    if comm.size() == 1 {
-        return Ok(grads);
+    max_norm: f64,
+) -> Result<(GradientsParams, f64), CommError> {
+    let mut flat = flatten(module, &grads);
+    if comm.size() > 1 {
+        comm.all_reduce_sum(&mut flat)?;
     }
-    let mut f = Flatten { grads: &grads, out: Vec::new() };
-    module.visit(&mut f);
-    let mut flat = f.out;
-    comm.all_reduce_sum(&mut flat)?;
-    let mut u = Unflatten { flat: &flat, pos: 0, grads: GradientsParams::new(), device: device.clone() };
-    module.visit(&mut u);
-    Ok(u.grads)
+    let norm = flat.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>().sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let c = (max_norm / norm) as f32;
+        flat.iter_mut().for_each(|g| *g *= c);
+    } else if comm.size() == 1 {
+        return Ok((grads, norm));
+    }
+    Ok((unflatten(module, &flat, device), norm))
 }
 
 struct Values(Vec<f32>);
@@ -126,6 +157,16 @@ pub fn broadcast_module<M: Module + ModuleSnapshot>(
     Ok(module)
 }
 
+/// All ranks' rows of a `[K/G, D]` block, in rank order, on `device`.
+pub fn gather_rows(own: &Tensor<2>, comm: &dyn Collective, device: &Device) -> Result<Tensor<2>, CommError> {
+    if comm.size() == 1 {
+        return Ok(own.clone());
+    }
+    let [rows, d] = own.dims();
+    let all = comm.all_gather(&crate::svgd::to_vec(own))?;
+    Ok(crate::svgd::matrix(all, rows * comm.size(), d, device))
+}
+
 /// Whether any rank has `flag` set (a stop was requested): every rank gets the same answer at
 /// the same step, so all of them stop together.
 pub fn any_rank(flag: bool, comm: &dyn Collective) -> Result<bool, fav_comm::CommError> {
@@ -186,14 +227,31 @@ mod tests {
         let net = Sampler { family: Family::Vae, steps: 1 }.new_net(&ad);
         let x = net.forward(Tensor::<2>::ones([4, 8], &ad));
         let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &net);
-        let mut f = Flatten { grads: &grads, out: Vec::new() };
-        net.visit(&mut f);
-        let flat = f.out;
+        let flat = flatten(&net, &grads);
         assert_eq!(flat.len(), net.num_params());
-        let mut u = Unflatten { flat: &flat, pos: 0, grads: GradientsParams::new(), device: dev };
-        net.visit(&mut u);
-        let mut again = Flatten { grads: &u.grads, out: Vec::new() };
-        net.visit(&mut again);
-        assert_eq!(again.out, flat);
+        assert_eq!(flatten(&net, &unflatten(&net, &flat, &dev)), flat);
+    }
+
+    #[test]
+    fn clipping_bounds_the_global_norm_and_skips_frozen_weights() {
+        use crate::lora::{LoraConfig, LoraLinear};
+        let dev = Device::flex();
+        let ad = dev.clone().autodiff();
+        let layer = LoraLinear::plain(burn::nn::LinearConfig::new(3, 2).init(&ad))
+            .adapt(LoraConfig { rank: 1, alpha: 1.0 }, &ad)
+            .train();
+        let x = layer.forward(Tensor::<2>::ones([4, 3], &ad));
+        let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &layer);
+        let one = fav_comm::SingleProcess;
+        // Only the adapter (A: 1×3, B: 2×1) is in the bucket, not the frozen 3×2 weight and bias.
+        assert_eq!(flatten(&layer, &grads).len(), 5);
+        let (_, norm) = all_reduce_grads(&layer, grads, &one, &dev, 0.0).unwrap();
+        assert!(norm > 0.0);
+        let x = layer.forward(Tensor::<2>::ones([4, 3], &ad));
+        let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &layer);
+        let (clipped, before) = all_reduce_grads(&layer, grads, &one, &dev, norm / 4.0).unwrap();
+        assert_eq!(before, norm);
+        let after = flatten(&layer, &clipped).iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
+        assert!((after - norm / 4.0).abs() < 1e-6 * norm, "global norm {after} after clipping to {}", norm / 4.0);
     }
 }

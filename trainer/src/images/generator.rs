@@ -1,5 +1,5 @@
 //! The one-step, class-conditional convolutional image generator (GAN-style): noise and a class
-//! → 4×4 feature map → three (nearest ×2 upsample, 3×3 conv, SiLU) blocks → 3×3 conv → tanh, a
+//! → 4×4 feature map → three (nearest ×2 upsample, 3×3 conv, pixel norm, SiLU) blocks → 3×3 conv → tanh, a
 //! 32×32 RGB image in [−1, 1]. Every weight sits in a LoRA-capable layer, so the pretrained
 //! generator can be adapted without touching its base (spec §8).
 
@@ -23,10 +23,58 @@ pub struct ConvGenerator {
     pub convs: Vec<LoraConv2d>,
 }
 
+/// The layers that get LoRA adapters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Targets {
+    pub fc: bool,
+    /// One flag per convolution, output convolution last.
+    pub convs: Vec<bool>,
+}
+
+impl Targets {
+    pub fn all() -> Self {
+        Self { fc: true, convs: vec![true; WIDTH.len()] }
+    }
+}
+
+/// Parse target names: `fc`, `convs` (every convolution) or `convs.N`; an unknown name is an
+/// error naming it and the valid ones.
+pub fn lora_targets(names: &[String]) -> Result<Targets, String> {
+    let n = WIDTH.len();
+    let mut t = Targets { fc: false, convs: vec![false; n] };
+    if names.is_empty() {
+        return Err("name at least one layer".into());
+    }
+    for name in names {
+        match name.as_str() {
+            "fc" => t.fc = true,
+            "convs" => t.convs.iter_mut().for_each(|c| *c = true),
+            other => match other.strip_prefix("convs.").and_then(|i| i.parse::<usize>().ok()) {
+                Some(i) if i < n => t.convs[i] = true,
+                _ => {
+                    return Err(format!(
+                        "unknown layer {other:?}; expected \"fc\", \"convs\" or \"convs.0\"–\"convs.{}\"",
+                        n - 1
+                    ))
+                }
+            },
+        }
+    }
+    Ok(t)
+}
+
 /// Nearest-neighbour ×2 upsampling.
 fn upsample2(x: Tensor<4>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h, 1, w, 1]).expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
+}
+
+/// Each pixel's feature vector scaled to unit RMS (ProGAN's pixelwise normalisation): keeps an
+/// unnormalised generator's activations in range during adversarial training, with no
+/// parameters and no train/eval difference (unlike batch norm, which would change under LoRA).
+fn pixel_norm(h: Tensor<4>) -> Tensor<4> {
+    let rms = h.clone().powf_scalar(2.0).mean_dim(1).add_scalar(1e-8).sqrt();
+    h / rms
 }
 
 /// One-hot rows `[n, classes]` of `labels`.
@@ -50,11 +98,12 @@ impl ConvGenerator {
     /// `z: [n, LATENT]`, `classes: [n, 10]` one-hot → images `[n, 3, 32, 32]`.
     pub fn forward(&self, z: Tensor<2>, classes: Tensor<2>) -> Tensor<4> {
         let n = z.dims()[0];
-        let mut h = silu(self.fc.forward(Tensor::cat(vec![z, classes], 1))).reshape([n, WIDTH[0], 4, 4]);
+        let h = self.fc.forward(Tensor::cat(vec![z, classes], 1)).reshape([n, WIDTH[0], 4, 4]);
+        let mut h = silu(pixel_norm(h));
         let last = self.convs.len() - 1;
         for (i, c) in self.convs.iter().enumerate() {
             if i < last {
-                h = silu(c.forward(upsample2(h)));
+                h = silu(pixel_norm(c.forward(upsample2(h))));
             } else {
                 h = c.forward(h).tanh();
             }
@@ -63,9 +112,34 @@ impl ConvGenerator {
         h
     }
 
-    /// Freeze every base weight and attach adapters (rank, alpha) to all of them.
-    pub fn adapt(self, cfg: LoraConfig, device: &Device) -> Self {
-        Self { fc: self.fc.adapt(cfg, device), convs: self.convs.into_iter().map(|c| c.adapt(cfg, device)).collect() }
+    /// Freeze every base weight and attach adapters (rank, alpha) to the `targets` layers.
+    pub fn adapt(self, cfg: LoraConfig, targets: &Targets, device: &Device) -> Self {
+        let fc = if targets.fc { self.fc.adapt(cfg, device) } else { self.fc.frozen() };
+        let convs = self
+            .convs
+            .into_iter()
+            .zip(&targets.convs)
+            .map(|(c, &on)| if on { c.adapt(cfg, device) } else { c.frozen() })
+            .collect();
+        Self { fc, convs }
+    }
+
+    /// The generator with every adapter folded into its base weights (for inference: the same
+    /// module-path names as the pretrained base, so it loads into [`ConvGenerator::new`]).
+    pub fn merged(&self) -> Self {
+        Self {
+            fc: LoraLinear::plain(self.fc.merged()),
+            convs: self.convs.iter().map(|c| LoraConv2d::plain(c.merged())).collect(),
+        }
+    }
+
+    /// The adapters under PEFT names (`fc.lora_A.weight`, `convs.0.lora_B.weight`, …).
+    pub fn lora_tensors(&self) -> Vec<crate::lora::NamedTensor> {
+        let mut t = self.fc.lora_tensors("fc");
+        for (i, c) in self.convs.iter().enumerate() {
+            t.extend(c.lora_tensors(&format!("convs.{i}")));
+        }
+        t
     }
 
     /// Adapters on (the aligned model) or off (the reference model).
@@ -92,9 +166,20 @@ mod tests {
         assert_eq!(x.dims(), [3, 3, 32, 32]);
         let v = crate::svgd::to_vec(&x.clone().reshape([3, 3 * 32 * 32]));
         assert!(v.iter().all(|p| (-1.0..=1.0).contains(p)));
-        let a = g.adapt(LoraConfig { rank: 4, alpha: 4.0 }, &dev);
+        let a = g.adapt(LoraConfig { rank: 4, alpha: 4.0 }, &Targets::all(), &dev);
         let xa = a.forward(z, y);
         assert_eq!((x - xa).abs().max().into_scalar::<f32>(), 0.0, "B = 0: the adapted generator is its base");
+    }
+
+    #[test]
+    fn lora_targets_parse_and_refuse_unknown_names() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(lora_targets(&names(&["fc", "convs"])).unwrap(), Targets::all());
+        let t = lora_targets(&names(&["convs.3"])).unwrap();
+        assert!(!t.fc && t.convs == vec![false, false, false, true]);
+        let e = lora_targets(&names(&["attn"])).unwrap_err();
+        assert!(e.contains("\"attn\"") && e.contains("convs.3"), "{e}");
+        assert!(lora_targets(&names(&["convs.4"])).is_err());
     }
 
     #[test]

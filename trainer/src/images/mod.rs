@@ -1,10 +1,13 @@
 //! Image alignment pieces: the procedural dataset, the JPEG rewards, the learned reward and the
 //! one-step generator.
 
+pub mod align;
 pub mod encoder;
 pub mod gan;
 pub mod generator;
+pub mod job;
 pub mod jpeg;
+pub mod report;
 pub mod shapes;
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};

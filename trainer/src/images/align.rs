@@ -1,0 +1,443 @@
+//! Aligning a LoRA-adapted image generator (spec §5–§9) and its baseline, with the data-parallel
+//! layout of §6: per step C classes (§6.2), K particles per class split over G ranks by the
+//! global seed layout (§6.3), scores of own rows shared (§6.7), loss scale m/(K·C) and one SUM
+//! all-reduce (§6.5), global-norm clip and AdamW (§6.6).
+//!
+//! Particles (§7): with the learned reward they are the encoder's L2-normalised embedding
+//! (decode → encoder → features; gradients flow through the frozen encoder into the adapters);
+//! with a JPEG reward they are the flattened pixels, and the reward's gradient is the NES
+//! estimate of §9 (FAV-B). The reference is the same generator with its adapters off (§8).
+//!
+//! [`Method::Draft`] is the DRaFT baseline of §12 in the same harness: `−λ·mean r` backpropagated
+//! through the (one-step) sampler; it needs the differentiable reward.
+
+use super::encoder::RewardModel;
+use super::generator::{one_hot, ConvGenerator, Targets, LATENT};
+use super::jpeg::Jpeg;
+use super::shapes::{CLASSES, PIXELS};
+use crate::align::Layout;
+use crate::lora::LoraConfig;
+use crate::noise::{self, Stream};
+use crate::reward::{nes_grad, NesKey};
+use crate::svgd::{self, FieldConfig};
+use crate::sync;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use fav_comm::{Collective, CommError};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Which reward an image run aligns to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageReward {
+    /// The learned, differentiable score head on the encoder embedding.
+    Learned,
+    /// `−kB` of the JPEG encoding (§9.2), black-box.
+    JpegCompress,
+    /// `+kB` of the JPEG encoding, black-box.
+    JpegIncompress,
+}
+
+impl ImageReward {
+    fn jpeg(self) -> Option<Jpeg> {
+        match self {
+            ImageReward::Learned => None,
+            ImageReward::JpegCompress => Some(Jpeg::Compress),
+            ImageReward::JpegIncompress => Some(Jpeg::Incompress),
+        }
+    }
+
+    /// The reward of each image of a flat `[n, 3, 32, 32]` buffer (learned: through `encoder`).
+    pub fn values(self, pixels: &[f32], encoder: &RewardModel, device: &Device) -> Vec<f32> {
+        match self.jpeg() {
+            Some(j) => jpeg_values(j, pixels),
+            None => {
+                let n = pixels.len() / PIXELS;
+                svgd::to_vec(&encoder.reward(super::encoder::images(pixels.to_vec(), n, device)))
+            }
+        }
+    }
+}
+
+fn jpeg_values(j: Jpeg, pixels: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    pixels.par_chunks(PIXELS).map(|img| j.reward(img)).collect()
+}
+
+/// FAV or the DRaFT baseline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Fav,
+    Draft,
+}
+
+/// Everything one image alignment step needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub seed: u64,
+    pub reward: ImageReward,
+    pub method: Method,
+    pub field: FieldConfig,
+    /// Particles per class and step (K), all ranks together.
+    pub k: usize,
+    /// Classes per step (C).
+    pub c: usize,
+    pub lr: f64,
+    /// Global-norm clip (0 = off).
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub lora: LoraConfig,
+    pub targets: Targets,
+    pub nes_sigma: f64,
+    pub nes_samples: usize,
+    /// DRaFT's reward multiplier λ.
+    pub draft_multiplier: f64,
+}
+
+/// §6.2: the classes of `step` — round-robin over a permutation of all classes, a new
+/// permutation each time the round restarts, drawn from the run seed. A pure function of
+/// `(seed, step)`, so a resumed run visits the same classes.
+pub fn classes_of_step(seed: u64, step: usize, c: usize) -> Vec<usize> {
+    let chunks = (CLASSES.len() / c).max(1);
+    let (round, ci) = (step / chunks, step % chunks);
+    let mut perm: Vec<usize> = (0..CLASSES.len()).collect();
+    perm.shuffle(&mut noise::rng(seed, Stream::Conditions, round as u64));
+    perm[ci * c..(ci + 1) * c].to_vec()
+}
+
+/// Seconds spent in each part of a step (this rank).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Timings {
+    /// Generator forward passes: aligned (with graph) and reference.
+    pub generate: f64,
+    /// Encoder forward passes (learned reward) — the particles.
+    pub encode: f64,
+    /// Reward gradient (autograd or NES), KDE score and transport field.
+    pub field: f64,
+    /// Backward pass and optimiser step.
+    pub backward: f64,
+    /// All-gathers and the gradient all-reduce.
+    pub comm: f64,
+}
+
+impl Timings {
+    pub fn add(&mut self, o: &Timings) {
+        self.generate += o.generate;
+        self.encode += o.encode;
+        self.field += o.field;
+        self.backward += o.backward;
+        self.comm += o.comm;
+    }
+}
+
+/// What one step reports.
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    /// FAV: the pseudo-loss `mean(v²)` over all particles; DRaFT: `−λ·mean r`.
+    pub loss: f64,
+    /// Mean reward of the step's generated particles (all ranks).
+    pub reward: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub timings: Timings,
+}
+
+/// The generator noise of particle seeds `seeds`.
+fn latents(seed: u64, seeds: impl Iterator<Item = u64>, n: usize, device: &Device) -> Tensor<2> {
+    svgd::matrix(noise::normal_rows(seed, Stream::Particle, seeds, LATENT), n, LATENT, device)
+}
+
+/// One image alignment state.
+pub struct ImageAligner<'c> {
+    /// The adapted generator (base frozen, adapters trainable), on the autodiff device.
+    pub net: ConvGenerator,
+    encoder: RewardModel,
+    encoder_ad: RewardModel,
+    optim: burn::optim::ModuleOptimizer,
+    s: Settings,
+    layout: Layout,
+    device: Device,
+    comm: &'c dyn Collective,
+}
+
+impl<'c> ImageAligner<'c> {
+    /// `base` and `encoder` must be the same on every rank. Adapter initialisation draws from the
+    /// device generator, seeded here from the run seed.
+    pub fn new(
+        s: Settings,
+        base: &ConvGenerator,
+        encoder: &RewardModel,
+        device: &Device,
+        comm: &'c dyn Collective,
+    ) -> Result<Self, String> {
+        if s.method == Method::Draft && s.reward != ImageReward::Learned {
+            return Err("DRaFT backpropagates the reward: it needs the learned (differentiable) reward".into());
+        }
+        if s.c == 0 || !CLASSES.len().is_multiple_of(s.c) {
+            return Err(format!("{} classes cannot be visited {} per step evenly", CLASSES.len(), s.c));
+        }
+        let layout = Layout::new(s.k, s.c, comm.size(), comm.rank())?;
+        let ad = device.clone().autodiff();
+        device.seed(rand::Rng::random(&mut noise::rng(s.seed, Stream::Init, 13)));
+        let net = base.clone().to_device(&ad).adapt(s.lora, &s.targets, &ad).train();
+        let optim = AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.95)
+            .with_epsilon(1e-8)
+            .with_weight_decay(s.weight_decay as f32)
+            .init();
+        Ok(Self {
+            net,
+            encoder: encoder.clone(),
+            encoder_ad: encoder.clone().to_device(&ad).no_grad(),
+            optim,
+            s,
+            layout,
+            device: device.clone(),
+            comm,
+        })
+    }
+
+    /// The particles of images: embeddings (learned reward) or flattened pixels (JPEG).
+    fn particles(&self, img: Tensor<4>, encoder: &RewardModel) -> Tensor<2> {
+        match self.s.reward {
+            ImageReward::Learned => encoder.features(img),
+            _ => {
+                let n = img.dims()[0];
+                img.reshape([n, PIXELS])
+            }
+        }
+    }
+
+    /// The reward of particles (`[n, D]`, detached) as `[n]` values.
+    fn reward_of(&self, x: &Tensor<2>) -> Vec<f32> {
+        match self.s.reward.jpeg() {
+            Some(j) => jpeg_values(j, &svgd::to_vec(x)),
+            None => svgd::to_vec(&self.encoder.reward_of_features(x.clone())),
+        }
+    }
+
+    /// `g_i = ∇r(x_i)` of own rows: autograd of the score head on detached features, or NES.
+    fn reward_grad(&self, x: &Tensor<2>, seeds: &[u64], step: usize, ci: usize) -> Tensor<2> {
+        match self.s.reward.jpeg() {
+            None => {
+                let f = x.clone().autodiff().require_grad();
+                let grads = self.encoder_ad.reward_of_features(f.clone()).sum().backward();
+                f.grad(&grads).expect("features take part in the reward")
+            }
+            Some(j) => {
+                let key = NesKey { seed: self.s.seed, step, condition: ci };
+                nes_grad(x, seeds, key, self.s.nes_sigma, self.s.nes_samples, |p| {
+                    let vals = jpeg_values(j, &svgd::to_vec(p));
+                    svgd::matrix(vals, p.dims()[0], 1, &self.device)
+                })
+            }
+        }
+    }
+
+    /// One step over the step's classes.
+    pub fn step(&mut self, step: usize) -> Result<StepStats, CommError> {
+        let ad = self.device.clone().autodiff();
+        let Layout { k, c, .. } = self.layout;
+        let own = self.layout.own();
+        let mut t = Timings::default();
+        let mut reference = self.net.valid();
+        reference.set_adapters(false);
+        let mut surrogate: Option<Tensor<1>> = None;
+        let (mut loss_sum, mut reward_sum, mut d) = (0.0f64, 0.0f64, 1);
+        for (ci, &class) in classes_of_step(self.s.seed, step, c).iter().enumerate() {
+            let gen_seeds: Vec<u64> = self.layout.gen_seeds(step, ci).collect();
+            let labels = vec![class; own];
+            let clock = Instant::now();
+            let img =
+                self.net.forward(latents(self.s.seed, gen_seeds.iter().copied(), own, &ad), one_hot(&labels, &ad));
+            t.generate += clock.elapsed().as_secs_f64();
+            let clock = Instant::now();
+            let x = self.particles(img, &self.encoder_ad);
+            let xd = x.clone().detach().without_autodiff();
+            d = xd.dims()[1];
+            t.encode += clock.elapsed().as_secs_f64();
+            reward_sum += self.reward_of(&xd).iter().map(|&r| f64::from(r)).sum::<f64>();
+            let term = match self.s.method {
+                Method::Draft => {
+                    // −λ·mean r over all K·C particles: the local sum scaled by 1/(K·C), summed over ranks.
+                    let r = self.encoder_ad.reward_of_features(x).sum();
+                    loss_sum -=
+                        self.s.draft_multiplier * svgd::to_vec(&r.clone().without_autodiff().reshape([1, 1]))[0] as f64;
+                    r.mul_scalar(-self.s.draft_multiplier / (k * c) as f64)
+                }
+                Method::Fav => {
+                    let clock = Instant::now();
+                    let ref_img = reference.forward(
+                        latents(self.s.seed, self.layout.ref_seeds(step, ci), own, &self.device),
+                        one_hot(&labels, &self.device),
+                    );
+                    t.generate += clock.elapsed().as_secs_f64();
+                    let clock = Instant::now();
+                    let y = self.particles(ref_img, &self.encoder);
+                    t.encode += clock.elapsed().as_secs_f64();
+                    let clock = Instant::now();
+                    let (x_all, y_all) = (self.gather(&xd)?, self.gather(&y)?);
+                    t.comm += clock.elapsed().as_secs_f64();
+                    let clock = Instant::now();
+                    let g = self.reward_grad(&xd, &gen_seeds, step, ci);
+                    let u_own = svgd::total_score(&xd, &y_all, &g, &self.s.field).total;
+                    t.field += clock.elapsed().as_secs_f64();
+                    let clock = Instant::now();
+                    let u_all = self.gather(&u_own)?;
+                    t.comm += clock.elapsed().as_secs_f64();
+                    let clock = Instant::now();
+                    let v = svgd::velocity(&xd, &x_all, &u_all, k, &self.s.field).velocity;
+                    // ∂L/∂x = −2v/(m·D) per own chunk, scaled by m/(K·C) (§6.5).
+                    let (loss_own, grad) = svgd::regression_grad(&v, own);
+                    loss_sum += loss_own * (own * d) as f64;
+                    t.field += clock.elapsed().as_secs_f64();
+                    (x * grad.mul_scalar(own as f64 / (k * c) as f64).autodiff()).sum()
+                }
+            };
+            surrogate = Some(match surrogate {
+                Some(s) => s + term,
+                None => term,
+            });
+        }
+        let clock = Instant::now();
+        let grads = GradientsParams::from_grads(surrogate.expect("≥ 1 class").backward(), &self.net);
+        t.backward += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        let (grads, grad_norm) =
+            sync::all_reduce_grads(&self.net, grads, self.comm, &self.device, self.s.max_grad_norm)?;
+        let mut totals = [loss_sum as f32, reward_sum as f32];
+        self.comm.all_reduce_sum(&mut totals)?;
+        t.comm += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        self.net = self.optim.step(self.s.lr, self.net.clone(), grads);
+        t.backward += clock.elapsed().as_secs_f64();
+        let loss = match self.s.method {
+            Method::Fav => totals[0] as f64 / (k * c * d) as f64,
+            Method::Draft => totals[0] as f64 / (k * c) as f64,
+        };
+        Ok(StepStats { loss, reward: totals[1] as f64 / (k * c) as f64, grad_norm, timings: t })
+    }
+
+    fn gather(&self, own: &Tensor<2>) -> Result<Tensor<2>, CommError> {
+        sync::gather_rows(own, self.comm, &self.device)
+    }
+
+    /// The adapted generator without autodiff (adapters on).
+    pub fn plain(&self) -> ConvGenerator {
+        self.net.valid()
+    }
+}
+
+/// Reward and diversity of a set of samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageEval {
+    pub reward_mean: f64,
+    pub reward_std: f64,
+    /// Mean pairwise Euclidean distance of encoder embeddings within a class, averaged over
+    /// classes.
+    pub diversity: f64,
+}
+
+/// Evaluation noise of sample `i` of `class`, candidate `j` (best-of-N draws `j = 0..N`; plain
+/// evaluation is `j = 0`): the same for every model, so before/after grids share seeds.
+fn eval_latents(seed: u64, class: usize, per_class: usize, j: usize, device: &Device) -> Tensor<2> {
+    let keys = (0..per_class as u64).map(|i| ((class as u64) << 40) | ((j as u64) << 20) | i);
+    svgd::matrix(noise::normal_rows(seed, Stream::Eval, keys, LATENT), per_class, LATENT, device)
+}
+
+/// Samples `per_class` images of every class with `gen` (class-major), and their rewards.
+fn sample_all(
+    gen: &ConvGenerator,
+    encoder: &RewardModel,
+    reward: ImageReward,
+    seed: u64,
+    per_class: usize,
+    j: usize,
+    device: &Device,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut px = Vec::with_capacity(CLASSES.len() * per_class * PIXELS);
+    for class in 0..CLASSES.len() {
+        let img =
+            gen.forward(eval_latents(seed, class, per_class, j, device), one_hot(&vec![class; per_class], device));
+        px.extend(svgd::to_vec(&img.reshape([per_class, PIXELS])));
+    }
+    let r = reward.values(&px, encoder, device);
+    (px, r)
+}
+
+/// Reward and within-class diversity of class-major `pixels` (`per_class` per class).
+pub fn measure(pixels: &[f32], rewards: &[f32], per_class: usize, encoder: &RewardModel, device: &Device) -> ImageEval {
+    let n = rewards.len() as f64;
+    let mean = rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / n;
+    let var = rewards.iter().map(|&r| (f64::from(r) - mean).powi(2)).sum::<f64>() / n;
+    let mut div = 0.0;
+    for class in 0..CLASSES.len() {
+        let chunk = &pixels[class * per_class * PIXELS..(class + 1) * per_class * PIXELS];
+        let f = svgd::to_vec(&encoder.features(super::encoder::images(chunk.to_vec(), per_class, device)));
+        let e = f.len() / per_class;
+        let (mut sum, mut pairs) = (0.0, 0usize);
+        for a in 0..per_class {
+            for b in a + 1..per_class {
+                let d2: f32 = (0..e).map(|i| (f[a * e + i] - f[b * e + i]).powi(2)).sum();
+                sum += f64::from(d2).sqrt();
+                pairs += 1;
+            }
+        }
+        div += sum / pairs.max(1) as f64;
+    }
+    ImageEval { reward_mean: mean, reward_std: var.sqrt(), diversity: div / CLASSES.len() as f64 }
+}
+
+/// Evaluate `gen` on the fixed evaluation seeds: the numbers and the class-major pixels.
+pub fn evaluate(
+    gen: &ConvGenerator,
+    encoder: &RewardModel,
+    reward: ImageReward,
+    seed: u64,
+    per_class: usize,
+    device: &Device,
+) -> (ImageEval, Vec<f32>) {
+    let (px, r) = sample_all(gen, encoder, reward, seed, per_class, 0, device);
+    (measure(&px, &r, per_class, encoder, device), px)
+}
+
+/// Best-of-N sampling from `gen` for each N of `ns` (ascending): every evaluation slot keeps the
+/// best-rewarded of its first N candidates. N = 1 is plain evaluation.
+pub fn best_of_n(
+    gen: &ConvGenerator,
+    encoder: &RewardModel,
+    reward: ImageReward,
+    seed: u64,
+    per_class: usize,
+    ns: &[usize],
+    device: &Device,
+) -> Vec<(usize, ImageEval)> {
+    let mut best: Option<(Vec<f32>, Vec<f32>)> = None;
+    let mut out = Vec::new();
+    let max = ns.iter().copied().max().unwrap_or(0);
+    for j in 0..max {
+        let (px, r) = sample_all(gen, encoder, reward, seed, per_class, j, device);
+        best = Some(match best {
+            None => (px, r),
+            Some((mut bp, mut br)) => {
+                for i in 0..r.len() {
+                    if r[i] > br[i] {
+                        br[i] = r[i];
+                        bp[i * PIXELS..(i + 1) * PIXELS].copy_from_slice(&px[i * PIXELS..(i + 1) * PIXELS]);
+                    }
+                }
+                (bp, br)
+            }
+        });
+        if ns.contains(&(j + 1)) {
+            let (bp, br) = best.as_ref().expect("drawn");
+            out.push((j + 1, measure(bp, br, per_class, encoder, device)));
+        }
+    }
+    out
+}
