@@ -266,8 +266,7 @@ impl<'c> ImageAligner<'c> {
                 Method::Draft => {
                     // −λ·mean r over all K·C particles: the local sum scaled by 1/(K·C), summed over ranks.
                     let r = self.encoder_ad.reward_of_features(x).sum();
-                    loss_sum -=
-                        self.s.draft_multiplier * svgd::to_vec(&r.clone().without_autodiff().reshape([1, 1]))[0] as f64;
+                    loss_sum -= self.s.draft_multiplier * r.clone().into_scalar::<f64>();
                     r.mul_scalar(-self.s.draft_multiplier / (k * c) as f64)
                 }
                 Method::Fav => {
