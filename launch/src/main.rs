@@ -173,12 +173,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let stop = signals::install(comm.rank())?;
             let mut reporter = progress::Reporter::new(comm.rank() == 0);
+            use fav_trainer::job::Outcome;
             if cfg.task == fav_trainer::config::Task::Image {
-                let result = fav_trainer::images::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &stop);
+                let result = fav_trainer::images::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume, &stop);
                 drop(reporter);
                 let s = match result {
-                    Ok(Some(s)) => s,
-                    Ok(None) => return Ok(ExitCode::SUCCESS),
+                    Ok(Outcome::Finished(Some(s))) => s,
+                    Ok(Outcome::Finished(None)) => return Ok(ExitCode::SUCCESS),
+                    Ok(Outcome::Stopped { .. }) => return Ok(ExitCode::from(signals::EXIT_PREEMPTED)),
                     Err(e) if comm.size() > 1 => {
                         eprintln!("error on rank {}: {e}", comm.rank());
                         comm.abort(1)
@@ -196,7 +198,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let result = fav_trainer::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume, &stop);
             drop(reporter);
-            use fav_trainer::job::Outcome;
             let s = match result {
                 Ok(Outcome::Finished(Some(s))) => s,
                 Ok(Outcome::Finished(None)) => return Ok(ExitCode::SUCCESS),

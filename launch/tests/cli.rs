@@ -129,6 +129,15 @@ fn bad_input_is_refused_naming_it() {
         &["train", "--set", "task=image", "--set", "fav.conditions=3", "--set", "eval.samples=320"],
         "fav.conditions",
     );
+    let image = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["train", "--set", "task=image", "--set", "eval.samples=320"];
+        v.extend(extra.iter().flat_map(|kv| ["--set", kv]));
+        v
+    };
+    refused(&image(&["image.sample_steps=2"]), "image.sample_steps"); // the GAN is one-step
+    refused(&image(&["image.family=\"meanflow\"", "image.sample_steps=5"]), "image.sample_steps");
+    refused(&image(&["image.family=\"meanflow\"", "image.lora_targets=[\"fc\"]"]), "image.lora_targets");
+    refused(&image(&["image.family=\"meanflow\"", "image.sample_steps=2", "image.draft_k=3"]), "image.draft_k");
     #[cfg(not(feature = "cuda"))]
     refused(&["train", "--set", "device=cuda"], "--features cuda");
     refused(&["train", &s(&missing_base), "--out", &s(&d.join("r"))], "/nonexistent/base.safetensors");

@@ -125,3 +125,80 @@ fn a_signal_stops_with_a_checkpoint_and_the_rerun_finishes_identically() {
         assert_eq!(metrics_without_wall(&full), metrics_without_wall(&cut));
     }
 }
+
+/// A LoRA image job (learned reward, small pretraining cached under `<d>/cache`).
+fn image_train(d: &Path, out: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fav"));
+    c.arg("train").arg(common::examples().join("image-gan-learned.toml"));
+    let cache = format!("pretrain.cache_dir=\"{}\"", d.join("cache").display());
+    let kv = [
+        "steps=40",
+        "eval.every=10",
+        "eval.samples=20",
+        "checkpoint.every=1000",
+        "image.gan_steps=60",
+        "image.reward_steps=60",
+        "image.best_of=[2]",
+        "fav.batch=8",
+        &cache,
+    ];
+    c.args(kv.iter().flat_map(|s| ["--set", s])).arg("--out").arg(out);
+    c
+}
+
+/// An image job stopped by SIGUSR1 checkpoints its adapters and optimiser state and, started
+/// again, ends with the same merged weights and adapters as one never stopped; `fav export` of
+/// that checkpoint hands out the merged model, the PEFT-named adapters and a model card.
+#[test]
+fn an_image_job_stopped_by_a_signal_resumes_exactly_and_exports_its_adapters() {
+    let d = tmp("image");
+    let full = d.join("full");
+    ok(image_train(&d, &full).output().unwrap());
+    assert_eq!(checkpoints(&full), vec![40]);
+
+    let cut = d.join("cut");
+    let log = d.join("cut.log");
+    let mut job =
+        image_train(&d, &cut).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    // Signal once step 10 is evaluated (metrics.jsonl holds the base line and step 10).
+    let t = Instant::now();
+    while !std::fs::read_to_string(cut.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 2) {
+        assert!(t.elapsed() < Duration::from_secs(120), "training did not start");
+        assert!(job.try_wait().unwrap().is_none(), "the job ended before the signal");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(Command::new("kill").args(["-USR1", &job.id().to_string()]).status().unwrap().success());
+    let status = common::wait_or_kill(&mut job, Duration::from_secs(60), "the image job did not stop after SIGUSR1");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(EXIT_PREEMPTED), "{text}");
+    let at = checkpoints(&cut);
+    assert!(at.len() == 1 && at[0] < 40, "one checkpoint, where it stopped: {at:?}\n{text}");
+
+    let err = ok(image_train(&d, &cut).output().unwrap());
+    assert!(err.contains("resuming from checkpoint"), "{err}");
+    for f in ["model.safetensors", "lora.safetensors"] {
+        let (a, b) = (std::fs::read(full.join(f)).unwrap(), std::fs::read(cut.join(f)).unwrap());
+        assert!(a == b, "{f}: resumed from step {} differs from the uninterrupted run", at[0]);
+    }
+    assert_eq!(metrics_without_wall(&full), metrics_without_wall(&cut));
+
+    let exported = d.join("export");
+    let o = Command::new(env!("CARGO_BIN_EXE_fav"))
+        .args(["export", cut.join("checkpoints").to_str().unwrap(), "--out", exported.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(o);
+    let lora = std::fs::read(exported.join("lora.safetensors")).unwrap();
+    assert!(lora == std::fs::read(cut.join("lora.safetensors")).unwrap(), "the checkpoint's adapters are the run's");
+    let names = safetensors::SafeTensors::deserialize(&lora).unwrap().names().len();
+    assert_eq!(names, 10, "lora_A and lora_B of fc and the four convolutions");
+    let merged = std::fs::read(exported.join("model.safetensors")).unwrap();
+    let merged = safetensors::SafeTensors::deserialize(&merged).unwrap();
+    assert!(merged.names().iter().all(|n| !n.contains("lora")), "merged weights carry no adapter tensors");
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(exported.join("model_card.json")).unwrap()).unwrap();
+    assert_eq!(card["task"], "image");
+    assert_eq!(card["step"], 40);
+    assert_eq!(card["model"]["lora"]["r"], 8);
+    assert_eq!(card["model"]["lora"]["target_modules"].as_array().map(Vec::len), Some(5), "{card}");
+}

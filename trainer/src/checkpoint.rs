@@ -30,13 +30,19 @@ pub struct State {
     pub config: Config,
 }
 
-/// What a resume restores.
+/// What a resume restores: the state and every part by name (verified against the manifest).
 pub struct Resumed {
     pub state: State,
-    pub model: Bytes,
-    pub optimizer: Bytes,
-    pub base: Bytes,
+    pub parts: std::collections::HashMap<String, Bytes>,
     pub manifest: Manifest,
+}
+
+impl Resumed {
+    pub fn part(&self, name: &str) -> Result<&Bytes, CheckpointError> {
+        self.parts.get(name).ok_or_else(|| {
+            fmt_err(format!("checkpoint step {} has no part {name} (made by another kind of run?)", self.manifest.step))
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,15 +142,9 @@ impl Saver {
         if manifest.config_hash != ours {
             return Err(CheckpointError::ConfigChanged { step: manifest.step, found: manifest.config_hash, ours });
         }
-        let part = |n: &str| parts.get(n).cloned().ok_or_else(|| fmt_err(format!("part {n} missing")));
-        let state: State = serde_json::from_slice(&part("state.json")?).map_err(fmt_err)?;
-        Ok(Some(Resumed {
-            state,
-            model: part("model.burnpack")?,
-            optimizer: part("optimizer.burnpack")?,
-            base: part("base.safetensors")?,
-            manifest,
-        }))
+        let state = parts.get("state.json").ok_or_else(|| fmt_err("part state.json missing"))?;
+        let state: State = serde_json::from_slice(state).map_err(fmt_err)?;
+        Ok(Some(Resumed { state, parts, manifest }))
     }
 
     /// Wait for the save in flight, if any; report its outcome. A failed save is logged and
@@ -248,9 +248,10 @@ pub struct Exported {
     pub files: Vec<String>,
 }
 
-/// Hand a checkpoint to inference: `model.safetensors` (the aligned network, plain module-path
-/// names) and `model_card.json` (config, reward, β, step, metrics, source commit). The toy
-/// generators carry no LoRA adapters, so there are no `lora_A` / `lora_B` tensors to write.
+/// Hand a checkpoint to inference: `model.safetensors` (the aligned network with any adapters
+/// merged, plain module-path names), `lora.safetensors` where LoRA is used (PEFT names
+/// `<module path>.lora_A.weight` / `.lora_B.weight`) and `model_card.json` (config, reward, β,
+/// step, metrics, source commit).
 pub fn export(
     url: &str,
     step: Option<u64>,
@@ -270,17 +271,52 @@ pub fn export(
         std::fs::write(out.join(name), bytes).map_err(|e| fmt_err(format!("{}: {e}", out.join(name).display())))
     };
     write("model.safetensors", &part("model.safetensors")?)?;
+    let mut files = vec!["model.safetensors".to_string()];
+    let c = &state.config;
+    let (model, reward) = match c.task {
+        crate::config::Task::Toy => (
+            serde_json::json!({
+                "family": c.model.family,
+                "sample_steps": c.model.sample_steps,
+                "weights": "model.safetensors",
+                "lora": null,
+            }),
+            "8-gaussians cluster reward; FAV tilts by log r (spec §10.2)".to_string(),
+        ),
+        crate::config::Task::Image => {
+            let i = &c.image;
+            write("lora.safetensors", &part("lora.safetensors")?)?;
+            files.push("lora.safetensors".into());
+            let model = serde_json::json!({
+                "family": i.family,
+                "sample_steps": i.sample_steps,
+                "weights": "model.safetensors (adapters merged)",
+                "lora": {
+                    "weights": "lora.safetensors",
+                    "r": i.lora_rank,
+                    "lora_alpha": i.lora_alpha,
+                    "target_modules": crate::lora::Targets::parse(&i.lora_targets, &i.family.layer_paths())
+                        .map(|t| t.0)
+                        .unwrap_or_default(),
+                },
+            });
+            let reward = match i.reward {
+                crate::images::align::ImageReward::Learned => "learned score head on the reward encoder's embedding",
+                crate::images::align::ImageReward::JpegCompress => "JPEG compressibility (−kB at quality 95, spec §9)",
+                crate::images::align::ImageReward::JpegIncompress => {
+                    "JPEG incompressibility (+kB at quality 95, spec §9)"
+                }
+            };
+            (model, format!("{reward}; method {:?}", i.method).to_lowercase())
+        }
+    };
     let metrics: Vec<serde_json::Value> = state.metrics.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let card = serde_json::json!({
         "format": "fav model card v1",
-        "model": {
-            "family": state.config.model.family,
-            "sample_steps": state.config.model.sample_steps,
-            "weights": "model.safetensors",
-            "lora": null,
-        },
-        "reward": "8-gaussians cluster reward; FAV tilts by log r (spec §10.2)",
-        "beta": state.config.fav.beta,
+        "task": c.task,
+        "model": model,
+        "reward": reward,
+        "beta": c.fav.beta,
         "step": manifest.step,
         "seed": state.seed,
         "world_size": state.world_size,
@@ -291,5 +327,6 @@ pub fn export(
         "source_commit": source_commit,
     });
     write("model_card.json", &serde_json::to_vec_pretty(&card).expect("card serialises"))?;
-    Ok(Exported { step: manifest.step, files: vec!["model.safetensors".into(), "model_card.json".into()] })
+    files.push("model_card.json".into());
+    Ok(Exported { step: manifest.step, files })
 }

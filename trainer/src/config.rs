@@ -3,6 +3,7 @@
 
 use crate::generators::Family;
 use crate::images::align::{ImageReward, Method};
+use crate::images::family::ImageFamily;
 use crate::svgd::{FieldConfig, KdeClamp, Repulsion};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -51,13 +52,20 @@ pub struct ImageConfig {
     pub method: Method,
     /// DRaFT's reward multiplier λ.
     pub draft_multiplier: f64,
+    /// DRaFT-K: backpropagate through the last K sampling steps (0: all).
+    pub draft_k: usize,
     pub lora_rank: usize,
     pub lora_alpha: f64,
-    /// Layers that get adapters: `fc`, `convs` (all convolutions) or `convs.N`.
+    /// Layers that get adapters, by module path or group: `all`; GAN `fc`, `convs`, `convs.N`;
+    /// MeanFlow `embed`, `down`, `mid`, `up`, `film`, `out` (and `down.N`, …).
     pub lora_targets: Vec<String>,
     /// AdamW weight decay (on the adapters).
     pub weight_decay: f64,
-    /// Base generator safetensors. Empty: pretrain (GAN) and cache under `pretrain.cache_dir`.
+    /// `gan` (one-step) or `meanflow` (few-step).
+    pub family: ImageFamily,
+    /// Sampling steps: MeanFlow 1–4; the GAN is one-step (1).
+    pub sample_steps: usize,
+    /// Base generator safetensors. Empty: pretrain and cache under `pretrain.cache_dir`.
     pub base: String,
     /// Reward model safetensors. Empty: train and cache under `pretrain.cache_dir`.
     pub reward_model: String,
@@ -66,6 +74,8 @@ pub struct ImageConfig {
     pub pretrain_seed: u64,
     pub gan_steps: usize,
     pub gan_batch: usize,
+    pub meanflow_steps: usize,
+    pub meanflow_batch: usize,
     pub reward_steps: usize,
     pub reward_batch: usize,
     /// Best-of-N sampling from the base, reported for each N here.
@@ -77,16 +87,21 @@ impl Default for ImageConfig {
         Self {
             reward: ImageReward::Learned,
             method: Method::Fav,
+            family: ImageFamily::Gan,
+            sample_steps: 1,
             draft_multiplier: 1.0,
+            draft_k: 0,
             lora_rank: 8,
             lora_alpha: 16.0,
-            lora_targets: vec!["fc".into(), "convs".into()],
+            lora_targets: vec!["all".into()],
             weight_decay: 0.01,
             base: String::new(),
             reward_model: String::new(),
             pretrain_seed: 0,
             gan_steps: 3000,
             gan_batch: 64,
+            meanflow_steps: 3000,
+            meanflow_batch: 64,
             reward_steps: 800,
             reward_batch: 64,
             best_of: vec![2, 4, 8, 16],
@@ -363,8 +378,28 @@ impl Config {
         if !(i.weight_decay.is_finite() && i.weight_decay >= 0.0) {
             return Err(err("image.weight_decay", format!("must be ≥ 0, got {}", i.weight_decay)));
         }
-        crate::images::generator::lora_targets(&i.lora_targets).map_err(|e| err("image.lora_targets", e))?;
+        match i.family {
+            ImageFamily::Gan if i.sample_steps != 1 => {
+                return Err(err("image.sample_steps", format!("the GAN generator is one-step, got {}", i.sample_steps)))
+            }
+            ImageFamily::Meanflow if !(1..=4).contains(&i.sample_steps) => {
+                return Err(err(
+                    "image.sample_steps",
+                    format!("MeanFlow images sample in 1–4 steps, got {}", i.sample_steps),
+                ))
+            }
+            _ => {}
+        }
+        if i.draft_k > i.sample_steps {
+            return Err(err(
+                "image.draft_k",
+                format!("cannot exceed image.sample_steps = {}, got {}", i.sample_steps, i.draft_k),
+            ));
+        }
+        crate::lora::Targets::parse(&i.lora_targets, &i.family.layer_paths())
+            .map_err(|e| err("image.lora_targets", e))?;
         positive("image.gan_batch", i.gan_batch)?;
+        positive("image.meanflow_batch", i.meanflow_batch)?;
         positive("image.reward_batch", i.reward_batch)?;
         if i.best_of.contains(&0) {
             return Err(err("image.best_of", "every N must be ≥ 1"));

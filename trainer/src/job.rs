@@ -91,15 +91,15 @@ pub enum JobError {
 
 /// How a job ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<S = Summary> {
     /// Every step ran; rank 0 has the summary, the other ranks `None`.
-    Finished(Option<Box<Summary>>),
+    Finished(Option<Box<S>>),
     /// A stop was requested (a signal); every rank stopped after `step` and its checkpoint is
     /// saved, so `--resume auto` continues from there.
     Stopped { step: usize },
 }
 
-fn dir_err(path: &Path, e: impl ToString) -> JobError {
+pub(crate) fn dir_err(path: &Path, e: impl ToString) -> JobError {
     JobError::RunDir { path: path.to_path_buf(), reason: e.to_string() }
 }
 
@@ -184,13 +184,30 @@ fn prepare(
     sampler: &Sampler,
     device: &Device,
 ) -> Result<Prepared, JobError> {
+    let (saver, resumed) = open_checkpoints(cfg, out, resume)?;
+    let (base, base_path) = match &resumed {
+        Some(r) => (
+            checkpoint::load_safetensors(sampler.new_net(device), r.part("base.safetensors")?)?,
+            format!("checkpoint step {}", r.state.step),
+        ),
+        None => base_network(cfg, sampler, device, obs)?,
+    };
+    Ok(Prepared { saver, resumed, base, base_path })
+}
+
+/// Rank 0's start: the run directory with `config.json`, the checkpoint store (opened now, so a
+/// missing bucket or bad credentials fail before any work) and the checkpoint to resume from.
+pub(crate) fn open_checkpoints(
+    cfg: &Config,
+    out: &Path,
+    resume: &Resume,
+) -> Result<(Option<Saver>, Option<Resumed>), JobError> {
     std::fs::create_dir_all(out).map_err(|e| dir_err(out, e))?;
     std::fs::write(out.join("config.json"), serde_json::to_string_pretty(cfg).expect("config serialises"))
         .map_err(|e| dir_err(&out.join("config.json"), e))?;
     let c = &cfg.checkpoint;
     let url = if c.url.is_empty() { out.join("checkpoints").display().to_string() } else { c.url.clone() };
     let part = c.part_size_mib << 20;
-    // Opening checks the store: a missing bucket or bad credentials fail now, before any work.
     let saver =
         if c.every > 0 || *resume == Resume::Auto { Some(Saver::open(&url, part, c.keep, c.timeout_s)?) } else { None };
     let resumed = match resume {
@@ -205,21 +222,20 @@ fn prepare(
                 .ok_or_else(|| JobError::Resume(format!("no complete checkpoint in {from}")))?,
         ),
     };
-    let (base, base_path) = match &resumed {
-        Some(r) => {
-            tracing::info!(step = r.state.step, store = %url, "resuming from checkpoint");
-            (
-                checkpoint::load_safetensors(sampler.new_net(device), &r.base)?,
-                format!("checkpoint step {}", r.state.step),
-            )
-        }
-        None => base_network(cfg, sampler, device, obs)?,
-    };
-    Ok(Prepared { saver, resumed, base, base_path })
+    if let Some(r) = &resumed {
+        tracing::info!(step = r.state.step, "resuming from checkpoint");
+    }
+    Ok((saver, resumed))
+}
+
+/// The resume state every rank needs (step, network record, optimiser state), from rank 0's
+/// checkpoint.
+pub(crate) fn resume_parts(r: &Resumed) -> Result<(usize, &Bytes, &Bytes), JobError> {
+    Ok((r.state.step, r.part("model.burnpack")?, r.part("optimizer.burnpack")?))
 }
 
 /// Send rank 0's optional resume state (step, network record, optimiser state) to every rank.
-fn share_resume(
+pub(crate) fn share_resume(
     comm: &dyn Collective,
     mine: Option<(usize, &Bytes, &Bytes)>,
 ) -> Result<Option<(usize, Bytes, Bytes)>, CommError> {
@@ -300,7 +316,7 @@ pub fn run_on(
 
     let t_align = Instant::now();
     let mut aligner = Aligner::new(cfg, sampler, &base, &device, comm)?;
-    let shared = share_resume(comm, resumed.as_ref().map(|r| (r.state.step, &r.model, &r.optimizer)))?;
+    let shared = share_resume(comm, resumed.as_ref().map(resume_parts).transpose()?)?;
     let start = match &shared {
         Some((step, model, optim)) => {
             aligner.restore(model, optim)?;
@@ -441,7 +457,11 @@ fn training_curves(metric_lines: &[String], path: &Path) -> Result<(), String> {
 }
 
 /// Wait for the checkpoint of `step` (rank 0 saves it) and tell every rank whether it is safe.
-fn stop_with_checkpoint(saver: Option<&mut Saver>, step: usize, comm: &dyn Collective) -> Result<Outcome, JobError> {
+pub(crate) fn stop_with_checkpoint<S>(
+    saver: Option<&mut Saver>,
+    step: usize,
+    comm: &dyn Collective,
+) -> Result<Outcome<S>, JobError> {
     let saved = match saver {
         Some(saver) => saver.flush(),
         None if comm.rank() == 0 => Err("no checkpoint store (checkpoint.every = 0 and --resume none)".into()),

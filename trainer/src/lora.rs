@@ -32,6 +32,33 @@ fn init_a<const D: usize>(shape: [usize; D], fan_in: usize, device: &Device) -> 
     Param::from_tensor(Tensor::random(shape, Distribution::Uniform(-bound, bound), device))
 }
 
+/// Which layers of a generator get adapters, by module path (`fc`, `convs.2`, …).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Targets(pub Vec<String>);
+
+impl Targets {
+    /// Resolve config names against a generator's adaptable `layers`: a name is a layer path, a
+    /// group (`convs` selects every `convs.N`), or `all`. An unknown name is an error naming it
+    /// and the valid ones.
+    pub fn parse(names: &[String], layers: &[String]) -> Result<Self, String> {
+        if names.is_empty() {
+            return Err("name at least one layer".into());
+        }
+        let matches = |name: &str, layer: &str| {
+            name == "all" || layer == name || layer.strip_prefix(name).is_some_and(|rest| rest.starts_with('.'))
+        };
+        if let Some(bad) = names.iter().find(|n| !layers.iter().any(|l| matches(n, l))) {
+            return Err(format!("unknown layer {bad:?}; expected \"all\" or one of {}", layers.join(", ")));
+        }
+        let chosen = layers.iter().filter(|l| names.iter().any(|n| matches(n, l))).cloned().collect();
+        Ok(Self(chosen))
+    }
+
+    pub fn wants(&self, path: &str) -> bool {
+        self.0.iter().any(|p| p == path)
+    }
+}
+
 /// One named tensor for export: name, shape, row-major values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
@@ -41,9 +68,8 @@ fn named<const D: usize>(name: String, t: &Tensor<D>) -> NamedTensor {
     (name, shape, data.try_into_vec::<f32>().expect("f32 tensor"))
 }
 
-/// Write named tensors as an f32 safetensors file (atomically: temporary file, then rename), with
-/// `format = pt` metadata as PEFT writes it.
-pub fn save_tensors(tensors: &[NamedTensor], path: &std::path::Path) -> Result<(), String> {
+/// Named tensors as f32 safetensors bytes, with `format = pt` metadata as PEFT writes it.
+pub fn tensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>, String> {
     use safetensors::tensor::{Dtype, TensorView};
     let bytes: Vec<Vec<u8>> =
         tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
@@ -54,7 +80,12 @@ pub fn save_tensors(tensors: &[NamedTensor], path: &std::path::Path) -> Result<(
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| e.to_string())?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let data = safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
+}
+
+/// Write named tensors as a safetensors file (atomically: temporary file, then rename).
+pub fn save_tensors(tensors: &[NamedTensor], path: &std::path::Path) -> Result<(), String> {
+    let data = tensors_bytes(tensors)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())
 }
@@ -122,6 +153,24 @@ impl LoraLinear {
                 y + x.matmul(l.a.val().transpose()).matmul(l.b.val().transpose()).mul_scalar(l.scale)
             }
             _ => y,
+        }
+    }
+
+    /// Adapt when `targets` names `path`, else freeze.
+    pub fn adapt_if(self, path: &str, targets: &Targets, cfg: LoraConfig, device: &Device) -> Self {
+        if targets.wants(path) {
+            self.adapt(cfg, device)
+        } else {
+            self.frozen()
+        }
+    }
+
+    /// The layer's derivative along `dx` (forward-mode): the layer without its bias.
+    pub fn tangent(&self, dx: Tensor<2>) -> Tensor<2> {
+        let y = self.forward(dx);
+        match &self.base.bias {
+            Some(b) => y - b.val().unsqueeze::<2>(),
+            None => y,
         }
     }
 
@@ -205,6 +254,27 @@ impl LoraConv2d {
         };
         let up = conv2d(a.forward(x), l.b.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
         y + up.mul_scalar(l.scale)
+    }
+
+    /// Adapt when `targets` names `path`, else freeze.
+    pub fn adapt_if(self, path: &str, targets: &Targets, cfg: LoraConfig, device: &Device) -> Self {
+        if targets.wants(path) {
+            self.adapt(cfg, device)
+        } else {
+            self.frozen()
+        }
+    }
+
+    /// The convolution's derivative along `dx` (forward-mode): the convolution without its bias.
+    pub fn tangent(&self, dx: Tensor<4>) -> Tensor<4> {
+        let y = self.forward(dx);
+        match &self.base.bias {
+            Some(b) => {
+                let c = b.dims()[0];
+                y - b.val().reshape([1, c, 1, 1])
+            }
+            None => y,
+        }
     }
 
     /// The base convolution with `(α/r)·B A` folded into its kernel.

@@ -112,7 +112,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
 
 /// (t, r): two logistic-normal draws `sigmoid(N(−0.4, 1))`, t = max, r = min, and r = t with
 /// probability 0.5 (§10.6).
-fn meanflow_times(seed: u64, step: usize, n: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+pub(crate) fn meanflow_times(seed: u64, step: usize, n: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
     let mut rng = noise::rng(seed, Stream::Pretrain, (2 << 40) | step as u64);
     let a = noise::normal_block(&mut rng, n, 2);
     let equal: Vec<f32> = (0..n).map(|_| if rng.random::<f64>() < 0.5 { 1.0 } else { 0.0 }).collect();

@@ -1,6 +1,7 @@
 //! The image job end to end on a small budget (its own test binary, one test: pretraining seeds
 //! burn's device generator, which parallel tests would share):
-//! - FAV raises the learned reward, DRaFT does too, FAV-B lowers the JPEG size;
+//! - FAV raises the learned reward, DRaFT does too, FAV-B lowers the JPEG size (one-step GAN
+//!   generator); FAV raises the learned reward of the few-step MeanFlow generator;
 //! - the run directory holds what a user reads, and the exported weights load by name: the
 //!   merged model reproduces the adapted generator, the LoRA file has PEFT names.
 //!
@@ -11,9 +12,10 @@
 use burn::tensor::Device;
 use fav_trainer::config::{Config, Task};
 use fav_trainer::images::align::{ImageReward, Method};
+use fav_trainer::images::family::{ImageFamily, ImageGenerator};
 use fav_trainer::images::generator::ConvGenerator;
 use fav_trainer::images::job::{run_on, ImageSummary};
-use fav_trainer::job::Quiet;
+use fav_trainer::job::{Outcome, Quiet, Resume};
 use fav_trainer::svgd::{KdeClamp, Repulsion};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -46,9 +48,11 @@ fn config(cache: &Path) -> Config {
 }
 
 fn run(cfg: &Config, out: &Path) -> ImageSummary {
-    run_on(cfg, out, &mut Quiet, &fav_comm::SingleProcess, &AtomicBool::new(false))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .expect("a single process is rank 0")
+    match run_on(cfg, out, &mut Quiet, &fav_comm::SingleProcess, &Resume::Fresh, &AtomicBool::new(false)) {
+        Ok(Outcome::Finished(Some(s))) => *s,
+        Ok(_) => panic!("a single process that nothing stops finishes as rank 0"),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn standard_error(s: &ImageSummary) -> f64 {
@@ -77,8 +81,9 @@ fn fav_draft_and_fav_b_move_the_reward_and_exports_load() {
 
     // The merged export is a plain generator: it loads by name and is not the base any more.
     let dev = Device::flex();
-    let merged = fav_trainer::io::load(ConvGenerator::new(&dev), &d.join("fav/model.safetensors")).unwrap();
-    let base = fav_trainer::io::load(ConvGenerator::new(&dev), Path::new(&fav.base_checkpoint)).unwrap();
+    let load = |p: &Path| ImageGenerator::Gan(fav_trainer::io::load(ConvGenerator::new(&dev), p).unwrap());
+    let merged = load(&d.join("fav/model.safetensors"));
+    let base = load(Path::new(&fav.base_checkpoint));
     let (e_merged, _) =
         fav_trainer::images::align::evaluate(&merged, &load_encoder(&fav), ImageReward::Learned, 0, 32, &dev);
     assert!(
@@ -100,9 +105,10 @@ fn fav_draft_and_fav_b_move_the_reward_and_exports_load() {
     // A base file of another model is refused, naming the file and the tensors.
     let mut wrong = cfg.clone();
     wrong.image.base = fav.reward_checkpoint.clone();
-    let e = run_on(&wrong, &d.join("wrong"), &mut Quiet, &fav_comm::SingleProcess, &AtomicBool::new(false))
-        .unwrap_err()
-        .to_string();
+    let e =
+        run_on(&wrong, &d.join("wrong"), &mut Quiet, &fav_comm::SingleProcess, &Resume::Fresh, &AtomicBool::new(false))
+            .unwrap_err()
+            .to_string();
     assert!(e.contains(&fav.reward_checkpoint), "{e}");
 
     let mut draft = cfg.clone();
@@ -119,6 +125,20 @@ fn fav_draft_and_fav_b_move_the_reward_and_exports_load() {
     let jpeg = run(&jpeg, &d.join("jpeg"));
     eprintln!("FAV-B JPEG compress: {jpeg:?}");
     assert!(jpeg.final_.reward_mean > jpeg.base.reward_mean + 3.0 * standard_error(&jpeg), "{jpeg:?}");
+
+    // The few-step family: a 2-step MeanFlow base (short pretraining), adapters on every layer,
+    // FAV backpropagating through both sampling steps.
+    let mut flow = cfg.clone();
+    flow.image.family = ImageFamily::Meanflow;
+    flow.image.sample_steps = 2;
+    flow.image.meanflow_steps = 300;
+    flow.image.lora_targets = vec!["all".into()];
+    let flow = run(&flow, &d.join("meanflow"));
+    eprintln!("FAV learned, MeanFlow: {flow:?}");
+    assert!(flow.final_.reward_mean > flow.base.reward_mean + 3.0 * standard_error(&flow), "{flow:?}");
+    let lora = std::fs::read(d.join("meanflow/lora.safetensors")).unwrap();
+    let n = safetensors::SafeTensors::deserialize(&lora).unwrap().names().len();
+    assert_eq!(n, 2 * ImageFamily::Meanflow.layer_paths().len(), "A and B of every MeanFlow layer");
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -9,14 +9,17 @@
 //! estimate of §9 (FAV-B). The reference is the same generator with its adapters off (§8).
 //!
 //! [`Method::Draft`] is the DRaFT baseline of §12 in the same harness: `−λ·mean r` backpropagated
-//! through the (one-step) sampler; it needs the differentiable reward.
+//! through the last K sampling steps (DRaFT-K; all of them by default); it needs the
+//! differentiable reward.
 
 use super::encoder::RewardModel;
-use super::generator::{one_hot, ConvGenerator, Targets, LATENT};
+use super::family::ImageGenerator;
+use super::generator::one_hot;
 use super::jpeg::Jpeg;
 use super::shapes::{CLASSES, PIXELS};
 use crate::align::Layout;
-use crate::lora::LoraConfig;
+use crate::checkpoint::CheckpointError;
+use crate::lora::{LoraConfig, Targets};
 use crate::noise::{self, Stream};
 use crate::reward::{nes_grad, NesKey};
 use crate::svgd::{self, FieldConfig};
@@ -96,6 +99,8 @@ pub struct Settings {
     pub nes_samples: usize,
     /// DRaFT's reward multiplier λ.
     pub draft_multiplier: f64,
+    /// DRaFT-K: backpropagate through the last K sampling steps (0: all of them).
+    pub draft_k: usize,
 }
 
 /// §6.2: the classes of `step` — round-robin over a permutation of all classes, a new
@@ -146,15 +151,15 @@ pub struct StepStats {
     pub timings: Timings,
 }
 
-/// The generator noise of particle seeds `seeds`.
-fn latents(seed: u64, seeds: impl Iterator<Item = u64>, n: usize, device: &Device) -> Tensor<2> {
-    svgd::matrix(noise::normal_rows(seed, Stream::Particle, seeds, LATENT), n, LATENT, device)
+/// The generator noise (`dim` values each) of particle seeds `seeds`.
+fn latents(seed: u64, seeds: impl Iterator<Item = u64>, n: usize, dim: usize, device: &Device) -> Tensor<2> {
+    svgd::matrix(noise::normal_rows(seed, Stream::Particle, seeds, dim), n, dim, device)
 }
 
 /// One image alignment state.
 pub struct ImageAligner<'c> {
     /// The adapted generator (base frozen, adapters trainable), on the autodiff device.
-    pub net: ConvGenerator,
+    pub net: ImageGenerator,
     encoder: RewardModel,
     encoder_ad: RewardModel,
     optim: burn::optim::ModuleOptimizer,
@@ -169,7 +174,7 @@ impl<'c> ImageAligner<'c> {
     /// device generator, seeded here from the run seed.
     pub fn new(
         s: Settings,
-        base: &ConvGenerator,
+        base: &ImageGenerator,
         encoder: &RewardModel,
         device: &Device,
         comm: &'c dyn Collective,
@@ -253,8 +258,11 @@ impl<'c> ImageAligner<'c> {
             let gen_seeds: Vec<u64> = self.layout.gen_seeds(step, ci).collect();
             let labels = vec![class; own];
             let clock = Instant::now();
-            let img =
-                self.net.forward(latents(self.s.seed, gen_seeds.iter().copied(), own, &ad), one_hot(&labels, &ad));
+            let z = latents(self.s.seed, gen_seeds.iter().copied(), own, self.net.noise_dim(), &ad);
+            let img = match self.s.method {
+                Method::Draft if self.s.draft_k > 0 => self.net.forward_last(z, one_hot(&labels, &ad), self.s.draft_k),
+                _ => self.net.forward(z, one_hot(&labels, &ad)),
+            };
             t.generate += clock.elapsed().as_secs_f64();
             let clock = Instant::now();
             let x = self.particles(img, &self.encoder_ad);
@@ -271,10 +279,9 @@ impl<'c> ImageAligner<'c> {
                 }
                 Method::Fav => {
                     let clock = Instant::now();
-                    let ref_img = reference.forward(
-                        latents(self.s.seed, self.layout.ref_seeds(step, ci), own, &self.device),
-                        one_hot(&labels, &self.device),
-                    );
+                    let z =
+                        latents(self.s.seed, self.layout.ref_seeds(step, ci), own, reference.noise_dim(), &self.device);
+                    let ref_img = reference.forward(z, one_hot(&labels, &self.device));
                     t.generate += clock.elapsed().as_secs_f64();
                     let clock = Instant::now();
                     let y = self.particles(ref_img, &self.encoder);
@@ -322,12 +329,29 @@ impl<'c> ImageAligner<'c> {
         Ok(StepStats { loss, reward: totals[1] as f64 / (k * c) as f64, grad_norm, timings: t })
     }
 
+    /// The optimiser state (AdamW moments of the adapters), for checkpoints.
+    pub fn optimizer_bytes(&self) -> Result<bytes::Bytes, CheckpointError> {
+        let b = self.optim.into_bytes().map_err(|e| CheckpointError::Format(e.to_string()))?;
+        Ok(bytes::Bytes::copy_from_slice(&b))
+    }
+
+    /// Continue from a checkpoint: the adapted generator (record bytes, parameter ids included,
+    /// so the optimiser state matches it) and its optimiser state. Which weights train is the
+    /// module's own (base frozen, adapters trainable), not the record's.
+    pub fn restore(&mut self, model: &bytes::Bytes, optimizer: &bytes::Bytes) -> Result<(), CheckpointError> {
+        self.net = crate::checkpoint::load_record(self.net.clone(), model)?;
+        let bytes = burn::tensor::Bytes::from_bytes_vec(optimizer.to_vec());
+        let fresh = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
+        self.optim = fresh.from_bytes(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
+        Ok(())
+    }
+
     fn gather(&self, own: &Tensor<2>) -> Result<Tensor<2>, CommError> {
         sync::gather_rows(own, self.comm, &self.device)
     }
 
     /// The adapted generator without autodiff (adapters on).
-    pub fn plain(&self) -> ConvGenerator {
+    pub fn plain(&self) -> ImageGenerator {
         self.net.valid()
     }
 }
@@ -344,14 +368,14 @@ pub struct ImageEval {
 
 /// Evaluation noise of sample `i` of `class`, candidate `j` (best-of-N draws `j = 0..N`; plain
 /// evaluation is `j = 0`): the same for every model, so before/after grids share seeds.
-fn eval_latents(seed: u64, class: usize, per_class: usize, j: usize, device: &Device) -> Tensor<2> {
+fn eval_latents(seed: u64, class: usize, per_class: usize, j: usize, dim: usize, device: &Device) -> Tensor<2> {
     let keys = (0..per_class as u64).map(|i| ((class as u64) << 40) | ((j as u64) << 20) | i);
-    svgd::matrix(noise::normal_rows(seed, Stream::Eval, keys, LATENT), per_class, LATENT, device)
+    svgd::matrix(noise::normal_rows(seed, Stream::Eval, keys, dim), per_class, dim, device)
 }
 
 /// Samples `per_class` images of every class with `gen` (class-major), and their rewards.
 fn sample_all(
-    gen: &ConvGenerator,
+    gen: &ImageGenerator,
     encoder: &RewardModel,
     reward: ImageReward,
     seed: u64,
@@ -361,8 +385,8 @@ fn sample_all(
 ) -> (Vec<f32>, Vec<f32>) {
     let mut px = Vec::with_capacity(CLASSES.len() * per_class * PIXELS);
     for class in 0..CLASSES.len() {
-        let img =
-            gen.forward(eval_latents(seed, class, per_class, j, device), one_hot(&vec![class; per_class], device));
+        let z = eval_latents(seed, class, per_class, j, gen.noise_dim(), device);
+        let img = gen.forward(z, one_hot(&vec![class; per_class], device));
         px.extend(svgd::to_vec(&img.reshape([per_class, PIXELS])));
     }
     let r = reward.values(&px, encoder, device);
@@ -394,7 +418,7 @@ pub fn measure(pixels: &[f32], rewards: &[f32], per_class: usize, encoder: &Rewa
 
 /// Evaluate `gen` on the fixed evaluation seeds: the numbers and the class-major pixels.
 pub fn evaluate(
-    gen: &ConvGenerator,
+    gen: &ImageGenerator,
     encoder: &RewardModel,
     reward: ImageReward,
     seed: u64,
@@ -408,7 +432,7 @@ pub fn evaluate(
 /// Best-of-N sampling from `gen` for each N of `ns` (ascending): every evaluation slot keeps the
 /// best-rewarded of its first N candidates. N = 1 is plain evaluation.
 pub fn best_of_n(
-    gen: &ConvGenerator,
+    gen: &ImageGenerator,
     encoder: &RewardModel,
     reward: ImageReward,
     seed: u64,

@@ -4,7 +4,7 @@
 //! generator can be adapted without touching its base (spec §8).
 
 use super::shapes::{CLASSES, SIZE};
-use crate::lora::{LoraConfig, LoraConv2d, LoraLinear};
+use crate::lora::{LoraConfig, LoraConv2d, LoraLinear, Targets};
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
@@ -23,48 +23,8 @@ pub struct ConvGenerator {
     pub convs: Vec<LoraConv2d>,
 }
 
-/// The layers that get LoRA adapters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Targets {
-    pub fc: bool,
-    /// One flag per convolution, output convolution last.
-    pub convs: Vec<bool>,
-}
-
-impl Targets {
-    pub fn all() -> Self {
-        Self { fc: true, convs: vec![true; WIDTH.len()] }
-    }
-}
-
-/// Parse target names: `fc`, `convs` (every convolution) or `convs.N`; an unknown name is an
-/// error naming it and the valid ones.
-pub fn lora_targets(names: &[String]) -> Result<Targets, String> {
-    let n = WIDTH.len();
-    let mut t = Targets { fc: false, convs: vec![false; n] };
-    if names.is_empty() {
-        return Err("name at least one layer".into());
-    }
-    for name in names {
-        match name.as_str() {
-            "fc" => t.fc = true,
-            "convs" => t.convs.iter_mut().for_each(|c| *c = true),
-            other => match other.strip_prefix("convs.").and_then(|i| i.parse::<usize>().ok()) {
-                Some(i) if i < n => t.convs[i] = true,
-                _ => {
-                    return Err(format!(
-                        "unknown layer {other:?}; expected \"fc\", \"convs\" or \"convs.0\"–\"convs.{}\"",
-                        n - 1
-                    ))
-                }
-            },
-        }
-    }
-    Ok(t)
-}
-
 /// Nearest-neighbour ×2 upsampling.
-fn upsample2(x: Tensor<4>) -> Tensor<4> {
+pub(crate) fn upsample2(x: Tensor<4>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h, 1, w, 1]).expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
 }
@@ -72,7 +32,7 @@ fn upsample2(x: Tensor<4>) -> Tensor<4> {
 /// Each pixel's feature vector scaled to unit RMS (ProGAN's pixelwise normalisation): keeps an
 /// unnormalised generator's activations in range during adversarial training, with no
 /// parameters and no train/eval difference (unlike batch norm, which would change under LoRA).
-fn pixel_norm(h: Tensor<4>) -> Tensor<4> {
+pub(crate) fn pixel_norm(h: Tensor<4>) -> Tensor<4> {
     let rms = h.clone().powf_scalar(2.0).mean_dim(1).add_scalar(1e-8).sqrt();
     h / rms
 }
@@ -112,14 +72,19 @@ impl ConvGenerator {
         h
     }
 
+    /// The module paths of the layers that can carry adapters.
+    pub fn layer_paths() -> Vec<String> {
+        std::iter::once("fc".to_string()).chain((0..WIDTH.len()).map(|i| format!("convs.{i}"))).collect()
+    }
+
     /// Freeze every base weight and attach adapters (rank, alpha) to the `targets` layers.
     pub fn adapt(self, cfg: LoraConfig, targets: &Targets, device: &Device) -> Self {
-        let fc = if targets.fc { self.fc.adapt(cfg, device) } else { self.fc.frozen() };
+        let fc = self.fc.adapt_if("fc", targets, cfg, device);
         let convs = self
             .convs
             .into_iter()
-            .zip(&targets.convs)
-            .map(|(c, &on)| if on { c.adapt(cfg, device) } else { c.frozen() })
+            .enumerate()
+            .map(|(i, c)| c.adapt_if(&format!("convs.{i}"), targets, cfg, device))
             .collect();
         Self { fc, convs }
     }
@@ -166,20 +131,24 @@ mod tests {
         assert_eq!(x.dims(), [3, 3, 32, 32]);
         let v = crate::svgd::to_vec(&x.clone().reshape([3, 3 * 32 * 32]));
         assert!(v.iter().all(|p| (-1.0..=1.0).contains(p)));
-        let a = g.adapt(LoraConfig { rank: 4, alpha: 4.0 }, &Targets::all(), &dev);
+        let all = Targets::parse(&["all".to_string()], &ConvGenerator::layer_paths()).unwrap();
+        let a = g.adapt(LoraConfig { rank: 4, alpha: 4.0 }, &all, &dev);
         let xa = a.forward(z, y);
         assert_eq!((x - xa).abs().max().into_scalar::<f32>(), 0.0, "B = 0: the adapted generator is its base");
     }
 
     #[test]
-    fn lora_targets_parse_and_refuse_unknown_names() {
+    fn lora_targets_parse_groups_and_refuse_unknown_names() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(lora_targets(&names(&["fc", "convs"])).unwrap(), Targets::all());
-        let t = lora_targets(&names(&["convs.3"])).unwrap();
-        assert!(!t.fc && t.convs == vec![false, false, false, true]);
-        let e = lora_targets(&names(&["attn"])).unwrap_err();
+        let layers = ConvGenerator::layer_paths();
+        assert_eq!(Targets::parse(&names(&["fc", "convs"]), &layers).unwrap().0, layers);
+        assert_eq!(Targets::parse(&names(&["all"]), &layers).unwrap().0, layers);
+        let t = Targets::parse(&names(&["convs.3"]), &layers).unwrap();
+        assert!(!t.wants("fc") && t.wants("convs.3") && !t.wants("convs.2"));
+        let e = Targets::parse(&names(&["attn"]), &layers).unwrap_err();
         assert!(e.contains("\"attn\"") && e.contains("convs.3"), "{e}");
-        assert!(lora_targets(&names(&["convs.4"])).is_err());
+        assert!(Targets::parse(&names(&["convs.4"]), &layers).is_err());
+        assert!(Targets::parse(&names(&["conv"]), &layers).is_err(), "a prefix is not a group");
     }
 
     #[test]

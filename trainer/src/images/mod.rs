@@ -3,6 +3,9 @@
 
 pub mod align;
 pub mod encoder;
+pub mod family;
+pub mod flow;
+pub mod flow_pretrain;
 pub mod gan;
 pub mod generator;
 pub mod job;
