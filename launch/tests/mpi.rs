@@ -248,4 +248,22 @@ fn image_alignment_on_2_ranks_matches_1() {
     let jpeg = ["image.reward=\"jpeg_compress\"", "fav.reward_grad=\"nes\"", "fav.nes_sigma=0.005"];
     let (a, b) = (run(2, &jpeg, "jpeg-a"), run(2, &jpeg, "jpeg-b"));
     assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "FAV-B on 2 ranks is not reproducible");
+
+    // The few-step family through the same distributed step (2 sampling steps, adapters on every
+    // layer), with the same bound and for the same reasons as the one-step generator above.
+    let flow = [
+        "image.family=\"meanflow\"",
+        "image.sample_steps=2",
+        "image.lora_targets=[\"all\"]",
+        "image.meanflow_steps=20",
+    ];
+    let st = Command::new(fav)
+        .args(args(&[&flow[..], &["steps=1"]].concat()))
+        .arg("--out")
+        .arg(d.join("warm-flow"))
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let runs: Vec<_> = [1usize, 2].iter().map(|&np| (np, load(&run(np, &flow, &format!("flow-np{np}"))))).collect();
+    assert_close(&runs, 1e-4);
 }

@@ -364,6 +364,11 @@ pub struct ImageEval {
     /// Mean pairwise Euclidean distance of encoder embeddings within a class, averaged over
     /// classes.
     pub diversity: f64,
+    /// Fraction of samples the encoder's class head assigns to the class they were drawn for:
+    /// whether alignment kept what the samples are (diversity alone does not see a class turning
+    /// into another class's shape).
+    #[serde(default)]
+    pub class_accuracy: f64,
 }
 
 /// Evaluation noise of sample `i` of `class`, candidate `j` (best-of-N draws `j = 0..N`; plain
@@ -398,10 +403,13 @@ pub fn measure(pixels: &[f32], rewards: &[f32], per_class: usize, encoder: &Rewa
     let n = rewards.len() as f64;
     let mean = rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / n;
     let var = rewards.iter().map(|&r| (f64::from(r) - mean).powi(2)).sum::<f64>() / n;
-    let mut div = 0.0;
+    let (mut div, mut hits) = (0.0, 0usize);
     for class in 0..CLASSES.len() {
         let chunk = &pixels[class * per_class * PIXELS..(class + 1) * per_class * PIXELS];
-        let f = svgd::to_vec(&encoder.features(super::encoder::images(chunk.to_vec(), per_class, device)));
+        let features = encoder.features(super::encoder::images(chunk.to_vec(), per_class, device));
+        let predicted = encoder.classes.forward(features.clone()).argmax(1).to_data().convert::<i64>();
+        hits += predicted.as_slice::<i64>().expect("i64").iter().filter(|&&p| p == class as i64).count();
+        let f = svgd::to_vec(&features);
         let e = f.len() / per_class;
         let (mut sum, mut pairs) = (0.0, 0usize);
         for a in 0..per_class {
@@ -413,7 +421,12 @@ pub fn measure(pixels: &[f32], rewards: &[f32], per_class: usize, encoder: &Rewa
         }
         div += sum / pairs.max(1) as f64;
     }
-    ImageEval { reward_mean: mean, reward_std: var.sqrt(), diversity: div / CLASSES.len() as f64 }
+    ImageEval {
+        reward_mean: mean,
+        reward_std: var.sqrt(),
+        diversity: div / CLASSES.len() as f64,
+        class_accuracy: hits as f64 / n,
+    }
 }
 
 /// Evaluate `gen` on the fixed evaluation seeds: the numbers and the class-major pixels.

@@ -41,12 +41,18 @@ pub fn tradeoff(runs: &[PathBuf], png: &Path) -> Result<String, String> {
     let mut by_method: BTreeMap<String, Vec<(Value, Trajectory)>> = BTreeMap::new();
     for run in runs {
         let s = read_json(&run.join("summary.json"))?;
-        let key = format!("{} {}", s["method"].as_str().unwrap_or("?"), s["reward"].as_str().unwrap_or("?"));
+        let key = format!(
+            "{} {} {}",
+            s["method"].as_str().unwrap_or("?"),
+            s["reward"].as_str().unwrap_or("?"),
+            s["family"].as_str().unwrap_or("gan")
+        );
         by_method.entry(key).or_default().push((s, trajectory(run)?));
     }
     let mut series = Vec::new();
     let mut table = String::from(
-        "| method, reward | seeds | base reward | final reward | gain | base diversity | final diversity |\n|---|---|---|---|---|---|---|\n",
+        "| method, reward, family | seeds | base reward | final reward | gain | base diversity | final diversity | \
+         base class acc. | final class acc. |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for (key, group) in &by_method {
         // Mean over seeds at each step all of them evaluated.
@@ -68,13 +74,15 @@ pub fn tradeoff(runs: &[PathBuf], png: &Path) -> Result<String, String> {
         let gain: Vec<f64> =
             field("final", "reward_mean").iter().zip(field("base", "reward_mean")).map(|(f, b)| f - b).collect();
         table += &format!(
-            "| {key} | {} | {} | {} | {} | {} | {} |\n",
+            "| {key} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             group.len(),
             pm(&field("base", "reward_mean")),
             pm(&field("final", "reward_mean")),
             pm(&gain),
             pm(&field("base", "diversity")),
             pm(&field("final", "diversity")),
+            pm(&field("base", "class_accuracy")),
+            pm(&field("final", "class_accuracy")),
         );
     }
     let first = read_json(&runs[0].join("summary.json"))?;
@@ -113,6 +121,9 @@ fn mean(it: impl Iterator<Item = f64>) -> f64 {
 
 /// `mean ± sd` (sample standard deviation over seeds).
 fn pm(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "—".into(); // runs made before the field existed
+    }
     let m = mean(v.iter().copied());
     if v.len() < 2 {
         return format!("{m:.4}");
