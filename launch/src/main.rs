@@ -173,19 +173,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let stop = signals::install(comm.rank())?;
             let mut reporter = progress::Reporter::new(comm.rank() == 0);
-            use fav_trainer::job::Outcome;
             if cfg.task == fav_trainer::config::Task::Image {
                 let result = fav_trainer::images::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume, &stop);
                 drop(reporter);
-                let s = match result {
-                    Ok(Outcome::Finished(Some(s))) => s,
-                    Ok(Outcome::Finished(None)) => return Ok(ExitCode::SUCCESS),
-                    Ok(Outcome::Stopped { .. }) => return Ok(ExitCode::from(signals::EXIT_PREEMPTED)),
-                    Err(e) if comm.size() > 1 => {
-                        eprintln!("error on rank {}: {e}", comm.rank());
-                        comm.abort(1)
-                    }
-                    Err(e) => return Err(e.into()),
+                let s = match summary_or_exit(result, comm.as_ref())? {
+                    Ok(s) => s,
+                    Err(code) => return Ok(code),
                 };
                 let best = s.best_of_n.iter().map(|b| format!("N={} {:.4}", b.n, b.eval.reward_mean));
                 println!(
@@ -198,16 +191,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let result = fav_trainer::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume, &stop);
             drop(reporter);
-            let s = match result {
-                Ok(Outcome::Finished(Some(s))) => s,
-                Ok(Outcome::Finished(None)) => return Ok(ExitCode::SUCCESS),
-                Ok(Outcome::Stopped { .. }) => return Ok(ExitCode::from(signals::EXIT_PREEMPTED)),
-                Err(e) if comm.size() > 1 => {
-                    // Peers may be blocked in a collective: end the whole job, loudly.
-                    eprintln!("error on rank {}: {e}", comm.rank());
-                    comm.abort(1)
-                }
-                Err(e) => return Err(e.into()),
+            let s = match summary_or_exit(result, comm.as_ref())? {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
             };
             println!(
                 "base  : kl {:.4}  mmd2 {:.5}  reward {:.4}\nfinal : kl {:.4}  mmd2 {:.5}  reward {:.4}\n{} steps in {:.1}s (pretrain {:.1}s, align {:.1}s) -> {}",
@@ -329,5 +315,26 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Rank 0's summary of a finished job, or the exit code that ends this process: success on the
+/// other ranks, [`signals::EXIT_PREEMPTED`] when a signal stopped the job with its checkpoint
+/// saved. An error on one of several ranks aborts the whole job: its peers may be blocked in a
+/// collective.
+fn summary_or_exit<S>(
+    result: Result<fav_trainer::job::Outcome<S>, fav_trainer::job::JobError>,
+    comm: &dyn fav_comm::Collective,
+) -> anyhow::Result<Result<Box<S>, ExitCode>> {
+    use fav_trainer::job::Outcome;
+    match result {
+        Ok(Outcome::Finished(Some(s))) => Ok(Ok(s)),
+        Ok(Outcome::Finished(None)) => Ok(Err(ExitCode::SUCCESS)),
+        Ok(Outcome::Stopped { .. }) => Ok(Err(ExitCode::from(signals::EXIT_PREEMPTED))),
+        Err(e) if comm.size() > 1 => {
+            eprintln!("error on rank {}: {e}", comm.rank());
+            comm.abort(1)
+        }
+        Err(e) => Err(e.into()),
     }
 }

@@ -1,5 +1,5 @@
-//! Image alignment pieces: the procedural dataset, the JPEG rewards, the learned reward and the
-//! one-step generator.
+//! Image alignment pieces: the procedural dataset, the JPEG rewards, the learned reward, the two
+//! generator families (one-step GAN, few-step MeanFlow) behind one seam, and the image job.
 
 pub mod align;
 pub mod encoder;
