@@ -34,16 +34,42 @@ pub fn libraries_present() -> Result<(), CommError> {
 }
 
 impl Nccl {
-    /// Join the NCCL world of `mpi`'s ranks on GPU `device_index`.
+    /// Join the NCCL world of `mpi`'s ranks on GPU `device_index`. Every rank first opens its
+    /// GPU and the ranks agree over MPI that all of them could: a rank without a usable GPU
+    /// must fail the whole world, not leave its peers waiting in the id broadcast.
     pub fn init(mpi: Mpi, device_index: usize) -> Result<Self, CommError> {
-        libraries_present()?;
-        let ctx = CudaContext::new(device_index).map_err(|e| failed("cuda context", e))?;
-        let stream = ctx.new_stream().map_err(|e| failed("cuda stream", e))?;
-        let id = if mpi.rank() == 0 { Id::new().map_err(|e| failed("nccl id", e))? } else { Id::uninit([0; 128]) };
-        let mut bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
+        let local = libraries_present().and_then(|()| {
+            let ctx = CudaContext::new(device_index).map_err(|e| failed("cuda context", e))?;
+            ctx.new_stream().map_err(|e| failed("cuda stream", e))
+        });
+        let flags = mpi.all_gather(&[if local.is_ok() { 0.0 } else { 1.0 }])?;
+        let failed_ranks: Vec<usize> = flags.iter().enumerate().filter(|(_, &f)| f != 0.0).map(|(r, _)| r).collect();
+        let stream = match local {
+            Err(e) => return Err(CommError::Failed { op: "nccl init", reason: format!("GPU {device_index}: {e}") }),
+            Ok(_) if !failed_ranks.is_empty() => {
+                return Err(CommError::Failed {
+                    op: "nccl init",
+                    reason: format!("rank(s) {failed_ranks:?} could not open their GPU (see their log)"),
+                })
+            }
+            Ok(stream) => stream,
+        };
+        // Rank 0's id, behind one status byte so that a failed `ncclGetUniqueId` ends every rank.
+        let id = (mpi.rank() == 0).then(Id::new).transpose().map_err(|e| failed("nccl id", e));
+        let mut bytes = vec![0u8; 129];
+        if let Ok(Some(id)) = &id {
+            bytes[0] = 1;
+            for (d, &c) in bytes[1..].iter_mut().zip(id.internal()) {
+                *d = c as u8;
+            }
+        }
         mpi.broadcast(&mut bytes, 0)?;
+        id?;
+        if bytes[0] != 1 {
+            return Err(CommError::Failed { op: "nccl init", reason: "rank 0 could not create the NCCL id".into() });
+        }
         let mut internal = [0 as std::ffi::c_char; 128];
-        for (d, s) in internal.iter_mut().zip(&bytes) {
+        for (d, s) in internal.iter_mut().zip(&bytes[1..]) {
             *d = *s as std::ffi::c_char;
         }
         let comm = Comm::from_rank(stream.clone(), mpi.rank(), mpi.size(), Id::uninit(internal))

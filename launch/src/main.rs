@@ -154,12 +154,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let out = out.unwrap_or_else(|| default_run_dir(config.as_deref(), cfg.seed));
             let (world, comm) = world::join(&cfg.comm, cfg.device.starts_with("cuda"))?;
             let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
+            let (cores, online) = world::cpu_cores();
             let device = if cfg.device.starts_with("cuda") {
                 format!("cuda:{}", world.device_index)
             } else {
-                cfg.device.clone()
+                format!("{}[{cores} core{}]", cfg.device, if cores == 1 { "" } else { "s" })
             };
             let layout = world::gather_layout(comm.as_ref(), &device)?;
+            let here = layout.nodes.iter().find(|(_, r)| r.contains(&comm.rank())).map_or(1, |(_, r)| r.len());
+            if !cfg.device.starts_with("cuda") && cores == 1 && online >= 2 * here {
+                // OpenMPI binds each rank to one core by default (two ranks or fewer per node).
+                tracing::warn!(
+                    "this rank may use 1 of the node's {online} cores for {here} rank(s): start mpirun with \
+                     `--bind-to none` or `--map-by slot:PE=<cores per rank>` to use the rest"
+                );
+            }
             if comm.rank() == 0 {
                 let store = if cfg.checkpoint.url.is_empty() {
                     out.join("checkpoints").display().to_string()
@@ -330,7 +339,7 @@ fn summary_or_exit<S>(
     match result {
         Ok(Outcome::Finished(Some(s))) => Ok(Ok(s)),
         Ok(Outcome::Finished(None)) => Ok(Err(ExitCode::SUCCESS)),
-        Ok(Outcome::Stopped { .. }) => Ok(Err(ExitCode::from(signals::EXIT_PREEMPTED))),
+        Ok(Outcome::Stopped { .. } | Outcome::StoppedEarly) => Ok(Err(ExitCode::from(signals::EXIT_PREEMPTED))),
         Err(e) if comm.size() > 1 => {
             eprintln!("error on rank {}: {e}", comm.rank());
             comm.abort(1)

@@ -16,7 +16,7 @@ pub struct Reporter {
     last_line: Instant,
     started: Instant,
     /// Mean reward at the latest evaluation.
-    reward: f64,
+    reward: Option<f64>,
 }
 
 impl Reporter {
@@ -29,7 +29,7 @@ impl Reporter {
             total: 0,
             last_line: Instant::now(),
             started: Instant::now(),
-            reward: f64::NAN,
+            reward: None,
         }
     }
 }
@@ -62,7 +62,8 @@ impl Observer for Reporter {
         }
         if let Some(b) = &self.bar {
             b.set_position(done as u64);
-            b.set_message(format!("loss {loss:.3e}  reward {:.4}", self.reward));
+            let reward = self.reward.map_or("—".into(), |r| format!("{r:.4}"));
+            b.set_message(format!("loss {loss:.3e}  reward {reward}"));
         } else if self.last_line.elapsed() >= PLAIN_EVERY || done == self.total {
             self.last_line = Instant::now();
             let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
@@ -72,7 +73,7 @@ impl Observer for Reporter {
     }
 
     fn eval(&mut self, reward: f64, line: &str) {
-        self.reward = reward;
+        self.reward = Some(reward);
         match &self.bar {
             Some(b) => b.println(line),
             None => tracing::info!("eval {line}"),

@@ -115,6 +115,23 @@ impl Layout {
     }
 }
 
+/// Cores this process may run on (its affinity mask, which burn's thread pool follows) and cores
+/// online on the machine.
+pub fn cpu_cores() -> (usize, usize) {
+    let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").ok().and_then(|s| count_cpu_list(s.trim()));
+    (usable, online.unwrap_or(usable))
+}
+
+/// Number of CPUs in a kernel CPU list such as `0-3,8,10-11`.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    list.split(',').try_fold(0, |n, part| {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+        Some(n + b.checked_sub(a)? + 1)
+    })
+}
+
 /// A store URL fit for logs: any `user:secret@` part of its authority removed.
 pub fn redact(url: &str) -> String {
     match url.split_once("://") {
@@ -133,6 +150,15 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0-15"), Some(16));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0-3,8,10-11"), Some(7));
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
+    }
 
     #[test]
     fn single_process_layout_and_redaction() {

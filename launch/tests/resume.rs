@@ -126,6 +126,38 @@ fn a_signal_stops_with_a_checkpoint_and_the_rerun_finishes_identically() {
     }
 }
 
+/// A signal during pretraining (which may take longer than a Slurm grace period) stops the job
+/// at once with the preemption code, and leaves no half-trained base in the cache.
+#[test]
+fn a_signal_during_pretraining_stops_promptly_without_caching_a_partial_base() {
+    let d = tmp("signal-pretraining");
+    let run = d.join("run");
+    let log = d.join("log");
+    let mut job = train(&d, &run, &["--set", "pretrain.steps=1000000"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("pretraining the base generator")) {
+        assert!(t.elapsed() < Duration::from_secs(60), "pretraining did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(job.try_wait().unwrap().is_none(), "a million pretraining steps ended early");
+    assert!(Command::new("kill").args(["-TERM", &job.id().to_string()]).status().unwrap().success());
+    let signalled = Instant::now();
+    let status = common::wait_or_kill(&mut job, Duration::from_secs(60), "pretraining did not stop after SIGTERM");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(EXIT_PREEMPTED), "{text}");
+    // A step of this pretraining takes milliseconds; 10 s leaves room for a loaded machine.
+    assert!(signalled.elapsed() < Duration::from_secs(10), "took {:?} to stop", signalled.elapsed());
+    assert!(text.contains("stopped while training the base generator"), "{text}");
+    let cached: Vec<_> = std::fs::read_dir(d.join("cache")).map(|r| r.flatten().collect()).unwrap_or_default();
+    assert!(cached.is_empty(), "nothing is cached from a stopped pretraining: {cached:?}");
+    assert!(checkpoints(&run).is_empty(), "no checkpoint before alignment");
+}
+
 /// A LoRA image job (learned reward, small pretraining cached under `<d>/cache`).
 fn image_train(d: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fav"));

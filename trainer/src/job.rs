@@ -17,6 +17,7 @@ use fav_comm::{Collective, CommError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -87,6 +88,10 @@ pub enum JobError {
     Resume(String),
     #[error("asked to stop at step {step}, but its checkpoint could not be saved: {reason}")]
     StopUnsaved { step: usize, reason: String },
+    /// A stop was requested while rank 0 was still training a frozen model (base or reward
+    /// model); nothing is saved, so a rerun trains it again. Becomes [`Outcome::StoppedEarly`].
+    #[error("stopped while training the {0}")]
+    StoppedPreparing(&'static str),
 }
 
 /// How a job ended.
@@ -97,6 +102,46 @@ pub enum Outcome<S = Summary> {
     /// A stop was requested (a signal); every rank stopped after `step` and its checkpoint is
     /// saved, so `--resume auto` continues from there.
     Stopped { step: usize },
+    /// A stop was requested before alignment began (while a base or reward model was being
+    /// trained); there was nothing to checkpoint and a rerun starts that training again.
+    StoppedEarly,
+}
+
+/// Progress callbacks' answer: go on unless a stop was requested.
+pub(crate) fn go_on(stop: &AtomicBool) -> ControlFlow<()> {
+    if stop.load(Ordering::Relaxed) {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
+/// Tell every rank how rank 0's preparation ended before they wait for its weights: `Some` with
+/// this rank's value when it succeeded, `None` when a signal stopped it (every rank then
+/// returns [`Outcome::StoppedEarly`]), the error otherwise.
+pub(crate) fn share_prepared<T>(prepared: Result<T, JobError>, comm: &dyn Collective) -> Result<Option<T>, JobError> {
+    const FAILED: u8 = 0;
+    const READY: u8 = 1;
+    const STOPPED: u8 = 2;
+    let mut code = [match &prepared {
+        Ok(_) => READY,
+        Err(JobError::StoppedPreparing(_)) => STOPPED,
+        Err(_) => FAILED,
+    }];
+    comm.broadcast(&mut code, 0)?;
+    match (prepared, code[0]) {
+        (Err(JobError::StoppedPreparing(what)), _) => {
+            tracing::warn!(
+                "stopped while training the {what}: nothing to checkpoint yet, a rerun trains it again (name a trained \
+                 file in the config to skip this)"
+            );
+            Ok(None)
+        }
+        (Err(e), _) => Err(e),
+        (Ok(p), READY) => Ok(Some(p)),
+        (Ok(_), STOPPED) => Ok(None),
+        (Ok(_), _) => Err(JobError::PeerFailed),
+    }
 }
 
 pub(crate) fn dir_err(path: &Path, e: impl ToString) -> JobError {
@@ -126,6 +171,7 @@ fn base_network(
     sampler: &Sampler,
     device: &Device,
     obs: &mut dyn Observer,
+    stop: &AtomicBool,
 ) -> Result<(Mlp, String), JobError> {
     let fresh = sampler.new_net(device);
     if !cfg.model.base.is_empty() {
@@ -144,7 +190,11 @@ fn base_network(
     }
     tracing::info!(family = ?cfg.model.family, steps = cfg.pretrain.steps, "pretraining the base generator");
     obs.phase("pretrain", cfg.pretrain.steps);
-    let net = pretrain::pretrain(cfg, sampler, device, &mut |done, _, loss| obs.progress(done, loss));
+    let net = pretrain::pretrain(cfg, sampler, device, &mut |done, _, loss| {
+        obs.progress(done, loss);
+        go_on(stop)
+    })
+    .ok_or(JobError::StoppedPreparing("base generator"))?;
     io::save(&net, &cache)?;
     Ok((net, cache.display().to_string()))
 }
@@ -153,7 +203,7 @@ fn base_network(
 pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Summary, JobError> {
     match run_on(cfg, out, obs, &fav_comm::SingleProcess, &Resume::Auto, &AtomicBool::new(false))? {
         Outcome::Finished(s) => Ok(*s.expect("rank 0 has a summary")),
-        Outcome::Stopped { .. } => unreachable!("nothing asks this job to stop"),
+        Outcome::Stopped { .. } | Outcome::StoppedEarly => unreachable!("nothing asks this job to stop"),
     }
 }
 
@@ -183,6 +233,7 @@ fn prepare(
     resume: &Resume,
     sampler: &Sampler,
     device: &Device,
+    stop: &AtomicBool,
 ) -> Result<Prepared, JobError> {
     let (saver, resumed) = open_checkpoints(cfg, out, resume)?;
     let (base, base_path) = match &resumed {
@@ -190,7 +241,7 @@ fn prepare(
             checkpoint::load_safetensors(sampler.new_net(device), r.part("base.safetensors")?)?,
             format!("checkpoint step {}", r.state.step),
         ),
-        None => base_network(cfg, sampler, device, obs)?,
+        None => base_network(cfg, sampler, device, obs, stop)?,
     };
     Ok(Prepared { saver, resumed, base, base_path })
 }
@@ -282,17 +333,12 @@ pub fn run_on(
     let sampler = Sampler { family: cfg.model.family, steps: cfg.model.sample_steps };
 
     let prepared = if lead {
-        prepare(cfg, out, obs, resume, &sampler, &device)
+        prepare(cfg, out, obs, resume, &sampler, &device, stop)
     } else {
         Ok(Prepared { saver: None, resumed: None, base: sampler.new_net(&device), base_path: String::new() })
     };
-    // Tell the other ranks whether rank 0 succeeded before they wait for its weights.
-    let mut ok = [u8::from(prepared.is_ok())];
-    comm.broadcast(&mut ok, 0)?;
-    let Prepared { mut saver, resumed, base, base_path } = match prepared {
-        Ok(p) if ok[0] == 1 => p,
-        Err(e) => return Err(e),
-        Ok(_) => return Err(JobError::PeerFailed),
+    let Some(Prepared { mut saver, resumed, base, base_path }) = share_prepared(prepared, comm)? else {
+        return Ok(Outcome::StoppedEarly);
     };
     let base = crate::sync::broadcast_module(base, comm).map_err(|e| AlignError::Broadcast(e.to_string()))?;
     let pretrain_s = t0.elapsed().as_secs_f64();

@@ -10,18 +10,20 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{activation::sigmoid, Device, Tensor};
 use rand::Rng;
+use std::ops::ControlFlow;
 
 /// §10.1: pretraining data size and the fixed reference subset used to pick the best weights.
 pub const DATA_POINTS: usize = 500_000;
 pub const REFERENCE_POINTS: usize = 10_000;
 const EMA_NEW: f64 = 0.3;
 
-/// Progress callback: (step, total, last loss).
-pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, f64);
+/// Progress callback: (step, total, last loss); `Break` stops the training (a signal), which then
+/// returns nothing.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, f64) -> ControlFlow<()>;
 
 /// Train a base generator network for `sampler` from scratch; returns the plain (no-autodiff)
-/// network with the best EMA-MMD² seen.
-pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Progress) -> Mlp {
+/// network with the best EMA-MMD² seen, or `None` when `progress` asked to stop.
+pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Progress) -> Option<Mlp> {
     let ad = device.clone().autodiff();
     let p = &cfg.pretrain;
     device.seed(noise::rng(cfg.seed, Stream::Init, 0).random());
@@ -62,7 +64,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
                 let lv = loss.clone().into_scalar::<f64>();
                 let grads = GradientsParams::from_grads(loss.backward(), &vae);
                 vae = optim.step(p.lr, vae, grads);
-                progress(step + 1, p.steps, lv);
+                progress(step + 1, p.steps, lv).continue_value()?;
                 if (step + 1) % p.eval_every == 0 || step + 1 == p.steps {
                     evaluate(&vae.decoder.valid(), step + 1);
                 }
@@ -78,7 +80,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
                 let (lv, g) = svgd::regression_grad(&v, p.batch);
                 let grads = GradientsParams::from_grads((x * g.autodiff()).sum().backward(), &net);
                 net = optim.step(p.lr, net, grads);
-                progress(step + 1, p.steps, lv);
+                progress(step + 1, p.steps, lv).continue_value()?;
                 if (step + 1) % p.eval_every == 0 || step + 1 == p.steps {
                     evaluate(&net.valid(), step + 1);
                 }
@@ -98,7 +100,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
                 let lv = loss.clone().into_scalar::<f64>();
                 let grads = GradientsParams::from_grads(loss.backward(), &net);
                 net = optim.step(p.lr, net, grads);
-                progress(step + 1, p.steps, lv);
+                progress(step + 1, p.steps, lv).continue_value()?;
                 if (step + 1) % p.eval_every == 0 || step + 1 == p.steps {
                     evaluate(&net.valid(), step + 1);
                 }
@@ -107,7 +109,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
     }
     let (net, mmd, at) = best.best.expect("pretrain.steps ≥ 1 evaluates at least once");
     tracing::info!(best_step = at, ema_mmd2 = mmd, "pretraining done; keeping the best EMA-MMD² weights");
-    net
+    Some(net)
 }
 
 /// (t, r): two logistic-normal draws `sigmoid(N(−0.4, 1))`, t = max, r = min, and r = t with

@@ -9,7 +9,11 @@ use fav_trainer::images::{gan, generator::one_hot, shapes::SIZE};
 fn gan_training_is_a_pure_function_of_the_seed() {
     let dev = Device::flex();
     let run = |seed| {
-        let g = gan::train(seed, 2, 8, &dev, &mut |_, l| assert!(l.d.is_finite() && l.g.is_finite()));
+        let g = gan::train(seed, 2, 8, &dev, &mut |_, l| {
+            assert!(l.d.is_finite() && l.g.is_finite());
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("nothing stops it");
         let y = one_hot(&[1, 2], &dev);
         fav_trainer::svgd::to_vec(&g.forward(gan::noise(5, 0, 0, 2, &dev), y).reshape([2, 3 * SIZE * SIZE]))
     };

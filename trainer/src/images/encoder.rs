@@ -14,6 +14,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
+use std::ops::ControlFlow;
 
 /// Embedding width: the dimension of image particles.
 pub const EMBED: usize = 64;
@@ -76,14 +77,15 @@ pub fn images(px: Vec<f32>, n: usize, device: &Device) -> Tensor<4> {
 }
 
 /// Train the reward model on the dataset of `seed` (images from index 1 000 000 up, so they never
-/// overlap a generator's pretraining images) with Adam; `progress(step, loss)`.
+/// overlap a generator's pretraining images) with Adam; `progress(step, loss)`, whose `Break`
+/// stops it (then `None`).
 pub fn train(
     seed: u64,
     steps: usize,
     batch: usize,
     device: &Device,
-    progress: &mut dyn FnMut(usize, f64),
-) -> (RewardModel, RewardFit) {
+    progress: &mut dyn FnMut(usize, f64) -> ControlFlow<()>,
+) -> Option<(RewardModel, RewardFit)> {
     let ad = device.clone().autodiff();
     device.seed(noise::rng(seed, Stream::Init, 7).random());
     let mut model = RewardModel::new(&ad);
@@ -109,11 +111,11 @@ pub fn train(
         let lv = loss.clone().into_scalar::<f64>();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-3, model, grads);
-        progress(step + 1, lv);
+        progress(step + 1, lv).continue_value()?;
     }
     let model = model.valid();
     let fit = evaluate(&model, seed, device);
-    (model, fit)
+    Some((model, fit))
 }
 
 /// Accuracy and R² on 1 000 held-out images (indices from 2 000 000).
@@ -147,7 +149,7 @@ mod tests {
     #[test]
     fn a_short_training_learns_classes_and_scores() {
         let dev = Device::flex();
-        let (model, fit) = train(0, 800, 64, &dev, &mut |_, _| {});
+        let (model, fit) = train(0, 800, 64, &dev, &mut |_, _| ControlFlow::Continue(())).expect("nothing stops it");
         eprintln!("reward model after 800 steps of 64: {fit:?}");
         assert!(fit.accuracy > 0.5 && fit.r2 > 0.5, "{fit:?}");
         // Embeddings are unit vectors.

@@ -13,21 +13,23 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
+use std::ops::ControlFlow;
 
 /// Learning rate: higher than the toy's 3e-4 because the budget is thousands of steps, not a
 /// million; with the adaptive weight and the clip the loss stays stable at this rate.
 const LR: f64 = 1e-3;
 
 /// Train a `sample_steps`-step generator for `steps` steps of `batch` images; `progress(step,
-/// unweighted MSE)`. Initialisation draws from the device generator, seeded here.
+/// unweighted MSE)`, whose `Break` stops it (then `None`). Initialisation draws from the device
+/// generator, seeded here.
 pub fn train(
     seed: u64,
     steps: usize,
     batch: usize,
     sample_steps: usize,
     device: &Device,
-    progress: &mut dyn FnMut(usize, f64),
-) -> FlowGenerator {
+    progress: &mut dyn FnMut(usize, f64) -> ControlFlow<()>,
+) -> Option<FlowGenerator> {
     let ad = device.clone().autodiff();
     device.seed(noise::rng(seed, Stream::Init, 12).random());
     let mut g = FlowGenerator::new(sample_steps, &ad);
@@ -46,9 +48,9 @@ pub fn train(
         let (grads, _) = crate::sync::all_reduce_grads(&g, grads, &fav_comm::SingleProcess, device, 1.0)
             .expect("a single process has no peers to fail");
         g = optim.step(LR, g, grads);
-        progress(step + 1, mse);
+        progress(step + 1, mse).continue_value()?;
     }
-    g.valid()
+    Some(g.valid())
 }
 
 /// Probability that r = t (plain flow matching) at `step`: 1 for the first half of training, then

@@ -12,6 +12,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::activation::{leaky_relu, relu};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
+use std::ops::ControlFlow;
 
 /// Images the generator learns from: indices `0..TRAIN_IMAGES` of the dataset.
 pub const TRAIN_IMAGES: u64 = 500_000;
@@ -60,7 +61,8 @@ pub struct GanLosses {
     pub g: f64,
 }
 
-/// Train a generator for `steps` steps of `batch` images; `progress(step, losses)`. Parameters
+/// Train a generator for `steps` steps of `batch` images; `progress(step, losses)`, whose `Break`
+/// stops it (then `None`). Parameters
 /// are initialised from the device's generator, seeded here: the result is a pure function of
 /// `seed` as long as nothing else in the process draws from that device meanwhile.
 pub fn train(
@@ -68,8 +70,8 @@ pub fn train(
     steps: usize,
     batch: usize,
     device: &Device,
-    progress: &mut dyn FnMut(usize, GanLosses),
-) -> ConvGenerator {
+    progress: &mut dyn FnMut(usize, GanLosses) -> ControlFlow<()>,
+) -> Option<ConvGenerator> {
     let ad = device.clone().autodiff();
     device.seed(noise::rng(seed, Stream::Init, 11).random());
     let mut g = ConvGenerator::new(&ad);
@@ -98,7 +100,7 @@ pub fn train(
         let gl = g_loss.clone().into_scalar::<f64>();
         let grads = GradientsParams::from_grads(g_loss.backward(), &g);
         g = opt_g.step(lr, g, grads);
-        progress(step + 1, GanLosses { d: dl, g: gl });
+        progress(step + 1, GanLosses { d: dl, g: gl }).continue_value()?;
     }
-    g.valid()
+    Some(g.valid())
 }

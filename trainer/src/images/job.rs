@@ -15,7 +15,8 @@ use super::{flow_pretrain, gan};
 use crate::checkpoint::{self, CheckpointError, Resumed, Saver, State};
 use crate::config::Config;
 use crate::job::{
-    dir_err, open_checkpoints, resume_parts, share_resume, stop_with_checkpoint, JobError, Observer, Outcome, Resume,
+    dir_err, go_on, open_checkpoints, resume_parts, share_prepared, share_resume, stop_with_checkpoint, JobError,
+    Observer, Outcome, Resume,
 };
 use crate::lora::LoraConfig;
 use crate::{io, plot};
@@ -91,8 +92,8 @@ fn load_or_train<M: Module + ModuleSnapshot + Clone>(
     fresh: M,
     named: &str,
     cache: PathBuf,
-    what: &str,
-    train: impl FnOnce() -> M,
+    what: &'static str,
+    train: impl FnOnce() -> Option<M>,
 ) -> Result<(M, String), JobError> {
     if !named.is_empty() {
         let path = PathBuf::from(named);
@@ -107,7 +108,7 @@ fn load_or_train<M: Module + ModuleSnapshot + Clone>(
             Err(e) => tracing::warn!("ignoring unusable cached {what} ({e}); training again"),
         }
     }
-    let m = train();
+    let m = train().ok_or(JobError::StoppedPreparing(what))?;
     io::save(&m, &cache)?;
     Ok((m, cache.display().to_string()))
 }
@@ -131,6 +132,7 @@ fn prepare(
     resume: &Resume,
     device: &Device,
     obs: &mut dyn Observer,
+    stop: &AtomicBool,
 ) -> Result<Models, JobError> {
     let (saver, resumed) = open_checkpoints(cfg, out, resume)?;
     let i = &cfg.image;
@@ -150,10 +152,12 @@ fn prepare(
         || {
             tracing::info!(steps = i.reward_steps, "training the reward model");
             obs.phase("reward model", i.reward_steps);
-            let (m, fit) =
-                encoder::train(i.pretrain_seed, i.reward_steps, i.reward_batch, device, &mut |s, l| obs.progress(s, l));
+            let (m, fit) = encoder::train(i.pretrain_seed, i.reward_steps, i.reward_batch, device, &mut |s, l| {
+                obs.progress(s, l);
+                go_on(stop)
+            })?;
             tracing::info!(accuracy = fit.accuracy, r2 = fit.r2, "reward model on held-out images");
-            m
+            Some(m)
         },
     )?;
     let (base, base_path) = match i.family {
@@ -166,7 +170,10 @@ fn prepare(
                 || {
                     tracing::info!(steps = i.gan_steps, "pretraining the base generator (GAN)");
                     obs.phase("pretrain", i.gan_steps);
-                    gan::train(i.pretrain_seed, i.gan_steps, i.gan_batch, device, &mut |s, l| obs.progress(s, l.g))
+                    gan::train(i.pretrain_seed, i.gan_steps, i.gan_batch, device, &mut |s, l| {
+                        obs.progress(s, l.g);
+                        go_on(stop)
+                    })
                 },
             )?;
             (ImageGenerator::Gan(g), path)
@@ -187,7 +194,10 @@ fn prepare(
                         i.meanflow_batch,
                         i.sample_steps,
                         device,
-                        &mut |s, l| obs.progress(s, l),
+                        &mut |s, l| {
+                            obs.progress(s, l);
+                            go_on(stop)
+                        },
                     )
                 },
             )?;
@@ -237,7 +247,7 @@ pub fn run_on(
     let lead = comm.rank() == 0;
     let device = cfg.burn_device()?;
     let prepared = if lead {
-        prepare(cfg, out, resume, &device, obs)
+        prepare(cfg, out, resume, &device, obs, stop)
     } else {
         Ok(Models {
             base: ImageGenerator::new(cfg.image.family, cfg.image.sample_steps, &device),
@@ -248,12 +258,9 @@ pub fn run_on(
             resumed: None,
         })
     };
-    let mut ok = [u8::from(prepared.is_ok())];
-    comm.broadcast(&mut ok, 0)?;
-    let Models { base, encoder, base_path, reward_path, mut saver, resumed } = match prepared {
-        Ok(m) if ok[0] == 1 => m,
-        Err(e) => return Err(e),
-        Ok(_) => return Err(JobError::PeerFailed),
+    let Some(Models { base, encoder, base_path, reward_path, mut saver, resumed }) = share_prepared(prepared, comm)?
+    else {
+        return Ok(Outcome::StoppedEarly);
     };
     let bcast = |e: Box<dyn std::error::Error>| crate::align::AlignError::Broadcast(e.to_string());
     let base = crate::sync::broadcast_module(base, comm).map_err(bcast)?;
