@@ -7,7 +7,7 @@
 use crate::config::{Config, RewardGrad};
 use crate::generators::{Mlp, Sampler};
 use crate::noise::{self, Stream};
-use crate::reward::{nes_grad, NesKey, Reward};
+use crate::reward::{field_grad, Nes, NesKey};
 use crate::svgd::{self, FieldConfig};
 use crate::sync;
 use crate::toy::ClusterReward;
@@ -208,14 +208,10 @@ impl<'c> Aligner<'c> {
             let y = self.pool.minibatch(self.seed, step, ci, self.ref_batch, &self.device);
             // §6.7: scores of own rows only, then shared. A black-box gradient is estimated once
             // per particle, by the rank that owns it.
-            let g = match self.reward_grad {
-                RewardGrad::Exact => self.reward.grad(&xd),
-                RewardGrad::Nes => {
-                    let key = NesKey { seed: self.seed, step, condition: ci };
-                    let seeds: Vec<u64> = seeds.collect();
-                    nes_grad(&xd, &seeds, key, self.nes_sigma, self.nes_samples, |p| self.reward.log_value(p))
-                }
-            };
+            let seeds: Vec<u64> = seeds.collect();
+            let key = NesKey { seed: self.seed, step, condition: ci };
+            let nes = Nes { particle_seeds: &seeds, key, sigma: self.nes_sigma, samples: self.nes_samples };
+            let g = field_grad(&self.reward, &xd, self.reward_grad, nes);
             let u_own = svgd::total_score(&xd, &y, &g, &self.field).total;
             let u_all = self.gather(&u_own)?;
             let v = svgd::velocity(&xd, &x_all, &u_all, k, &self.field).velocity;

@@ -1,13 +1,42 @@
 //! The reward seam (spec §1): values for reporting, and the per-particle gradient `g_i = ∇R(x_i)`
-//! that SVGD multiplies by β. Whether `R` is `r` or `log r` is the adapter's business.
+//! that SVGD multiplies by β — the reward's own where it has one, else the antithetic
+//! zeroth-order estimate of §9.1 (FAV-B). Whether `R` is `r` or `log r` is the adapter's business.
 
+use crate::config::RewardGrad;
 use burn::tensor::Tensor;
 
+/// A reward on particles (the space FAV transports: points, embeddings or pixels).
 pub trait Reward {
     /// The reported reward `r(x_i)`, as `[N, 1]`.
     fn value(&self, x: &Tensor<2>) -> Tensor<2>;
-    /// `g_i = ∇R(x_i)` on detached particles, as `[N, D]`.
-    fn grad(&self, x: &Tensor<2>) -> Tensor<2>;
+    /// `R(x_i)`, what the target tilts by (`q ∝ p_ref·exp(βR)`), as `[N, 1]`: `r` unless the
+    /// reward says otherwise.
+    fn tilted(&self, x: &Tensor<2>) -> Tensor<2> {
+        self.value(x)
+    }
+    /// `∇R(x_i)` on detached particles, as `[N, D]`; `None` for a black box, whose gradient is
+    /// estimated from [`Reward::tilted`] values instead.
+    fn grad(&self, x: &Tensor<2>) -> Option<Tensor<2>>;
+}
+
+/// Where each particle's NES noise comes from, and how much of it (§9.1).
+#[derive(Clone, Copy, Debug)]
+pub struct Nes<'a> {
+    /// One seed per row of the particles (their global identity).
+    pub particle_seeds: &'a [u64],
+    pub key: NesKey,
+    pub sigma: f64,
+    pub samples: usize,
+}
+
+/// `g_i = ∇R(x_i)` for the field: the reward's gradient (`Exact`), or the NES estimate from its
+/// values (`Nes`, FAV-B; also usable on a differentiable reward, to check the estimator).
+/// Configuration refuses `Exact` for a black-box reward before any work.
+pub fn field_grad(reward: &dyn Reward, x: &Tensor<2>, how: RewardGrad, nes: Nes) -> Tensor<2> {
+    match how {
+        RewardGrad::Exact => reward.grad(x).expect("validated: an exact gradient needs a differentiable reward"),
+        RewardGrad::Nes => nes_grad(x, nes.particle_seeds, nes.key, nes.sigma, nes.samples, |p| reward.tilted(p)),
+    }
 }
 
 use crate::noise::{self, Stream};

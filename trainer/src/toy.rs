@@ -61,11 +61,6 @@ impl ClusterReward {
         softmax(d2.mul_scalar(-1.0 / ENERGY_TEMP), 1)
     }
 
-    /// The value SVGD tilts by, `R = log max(r, 1e-10)`, as `[N,1]` (the black-box view).
-    pub fn log_value(&self, x: &Tensor<2>) -> Tensor<2> {
-        self.value(x).clamp_min(LOG_R_CLAMP).log()
-    }
-
     /// `(r, ∇r)` as `[N,1]` and `[N,2]`.
     pub fn value_and_grad_r(&self, x: &Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let w = self.weights(x);
@@ -83,11 +78,16 @@ impl Reward for ClusterReward {
         self.weights(x).matmul(self.rho.clone())
     }
 
-    fn grad(&self, x: &Tensor<2>) -> Tensor<2> {
+    /// `R = log max(r, 1e-10)`.
+    fn tilted(&self, x: &Tensor<2>) -> Tensor<2> {
+        self.value(x).clamp_min(LOG_R_CLAMP).log()
+    }
+
+    fn grad(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
         let (r, grad_r) = self.value_and_grad_r(x);
         let live = r.clone().greater_equal_elem(LOG_R_CLAMP);
         let safe_r = r.clamp_min(LOG_R_CLAMP);
-        (grad_r / safe_r).mask_fill(live.bool_not(), 0.0)
+        Some((grad_r / safe_r).mask_fill(live.bool_not(), 0.0))
     }
 }
 

@@ -12,16 +12,17 @@
 //! through the last K sampling steps (DRaFT-K; all of them by default); it needs the
 //! differentiable reward.
 
-use super::encoder::RewardModel;
+use super::encoder::{RewardModel, ScoreHead};
 use super::family::ImageGenerator;
 use super::generator::one_hot;
 use super::jpeg::Jpeg;
 use super::shapes::{CLASSES, PIXELS};
 use crate::align::Layout;
 use crate::checkpoint::CheckpointError;
+use crate::config::RewardGrad;
 use crate::lora::{LoraConfig, Targets};
 use crate::noise::{self, Stream};
-use crate::reward::{nes_grad, NesKey};
+use crate::reward::{field_grad, Nes, NesKey, Reward};
 use crate::svgd::{self, FieldConfig};
 use crate::sync;
 use burn::module::Module;
@@ -45,29 +46,32 @@ pub enum ImageReward {
 }
 
 impl ImageReward {
-    fn jpeg(self) -> Option<Jpeg> {
+    /// This reward on its particles (§7): the score head on embeddings, or JPEG on pixels.
+    pub fn on_particles(self, encoder: &RewardModel, device: &Device) -> Box<dyn Reward> {
         match self {
-            ImageReward::Learned => None,
-            ImageReward::JpegCompress => Some(Jpeg::Compress),
-            ImageReward::JpegIncompress => Some(Jpeg::Incompress),
+            ImageReward::Learned => Box::new(ScoreHead::new(encoder, device)),
+            ImageReward::JpegCompress => Box::new(Jpeg::Compress),
+            ImageReward::JpegIncompress => Box::new(Jpeg::Incompress),
         }
     }
 
-    /// The reward of each image of a flat `[n, 3, 32, 32]` buffer (learned: through `encoder`).
-    pub fn values(self, pixels: &[f32], encoder: &RewardModel, device: &Device) -> Vec<f32> {
-        match self.jpeg() {
-            Some(j) => jpeg_values(j, pixels),
-            None => {
-                let n = pixels.len() / PIXELS;
-                svgd::to_vec(&encoder.reward(super::encoder::images(pixels.to_vec(), n, device)))
+    /// The particles of images: `encoder`'s embeddings (learned reward; gradients flow through
+    /// the frozen encoder into the generator) or the flattened pixels (JPEG).
+    pub fn particles(self, img: Tensor<4>, encoder: &RewardModel) -> Tensor<2> {
+        match self {
+            ImageReward::Learned => encoder.features(img),
+            ImageReward::JpegCompress | ImageReward::JpegIncompress => {
+                let n = img.dims()[0];
+                img.reshape([n, PIXELS])
             }
         }
     }
-}
 
-fn jpeg_values(j: Jpeg, pixels: &[f32]) -> Vec<f32> {
-    use rayon::prelude::*;
-    pixels.par_chunks(PIXELS).map(|img| j.reward(img)).collect()
+    /// The reward of each image of a flat `[n, 3, 32, 32]` buffer.
+    pub fn values(self, pixels: &[f32], encoder: &RewardModel, device: &Device) -> Vec<f32> {
+        let img = super::encoder::images(pixels.to_vec(), pixels.len() / PIXELS, device);
+        svgd::to_vec(&self.on_particles(encoder, device).value(&self.particles(img, encoder)))
+    }
 }
 
 /// FAV or the DRaFT baseline.
@@ -95,6 +99,8 @@ pub struct Settings {
     pub weight_decay: f64,
     pub lora: LoraConfig,
     pub targets: Targets,
+    /// The reward's own gradient or the NES estimate (FAV-B).
+    pub reward_grad: RewardGrad,
     pub nes_sigma: f64,
     pub nes_samples: usize,
     /// DRaFT's reward multiplier λ.
@@ -160,8 +166,11 @@ fn latents(seed: u64, seeds: impl Iterator<Item = u64>, n: usize, dim: usize, de
 pub struct ImageAligner<'c> {
     /// The adapted generator (base frozen, adapters trainable), on the autodiff device.
     pub net: ImageGenerator,
+    /// The frozen encoder: plain for reference particles, on the autodiff device for generated ones.
     encoder: RewardModel,
     encoder_ad: RewardModel,
+    /// The reward on particles.
+    reward: Box<dyn Reward>,
     optim: burn::optim::ModuleOptimizer,
     s: Settings,
     layout: Layout,
@@ -182,6 +191,9 @@ impl<'c> ImageAligner<'c> {
         if s.method == Method::Draft && s.reward != ImageReward::Learned {
             return Err("DRaFT backpropagates the reward: it needs the learned (differentiable) reward".into());
         }
+        if s.reward != ImageReward::Learned && s.reward_grad == RewardGrad::Exact {
+            return Err(format!("{:?} is black-box: its gradient must be estimated (reward_grad = nes)", s.reward));
+        }
         if s.c == 0 || !CLASSES.len().is_multiple_of(s.c) {
             return Err(format!("{} classes cannot be visited {} per step evenly", CLASSES.len(), s.c));
         }
@@ -197,6 +209,7 @@ impl<'c> ImageAligner<'c> {
             .init();
         Ok(Self {
             net,
+            reward: s.reward.on_particles(encoder, device),
             encoder: encoder.clone(),
             encoder_ad: encoder.clone().to_device(&ad).no_grad(),
             optim,
@@ -207,41 +220,11 @@ impl<'c> ImageAligner<'c> {
         })
     }
 
-    /// The particles of images: embeddings (learned reward) or flattened pixels (JPEG).
-    fn particles(&self, img: Tensor<4>, encoder: &RewardModel) -> Tensor<2> {
-        match self.s.reward {
-            ImageReward::Learned => encoder.features(img),
-            _ => {
-                let n = img.dims()[0];
-                img.reshape([n, PIXELS])
-            }
-        }
-    }
-
-    /// The reward of particles (`[n, D]`, detached) as `[n]` values.
-    fn reward_of(&self, x: &Tensor<2>) -> Vec<f32> {
-        match self.s.reward.jpeg() {
-            Some(j) => jpeg_values(j, &svgd::to_vec(x)),
-            None => svgd::to_vec(&self.encoder.reward_of_features(x.clone())),
-        }
-    }
-
-    /// `g_i = ∇r(x_i)` of own rows: autograd of the score head on detached features, or NES.
+    /// `g_i = ∇R(x_i)` of own rows (detached): the reward's gradient, or its NES estimate.
     fn reward_grad(&self, x: &Tensor<2>, seeds: &[u64], step: usize, ci: usize) -> Tensor<2> {
-        match self.s.reward.jpeg() {
-            None => {
-                let f = x.clone().autodiff().require_grad();
-                let grads = self.encoder_ad.reward_of_features(f.clone()).sum().backward();
-                f.grad(&grads).expect("features take part in the reward")
-            }
-            Some(j) => {
-                let key = NesKey { seed: self.s.seed, step, condition: ci };
-                nes_grad(x, seeds, key, self.s.nes_sigma, self.s.nes_samples, |p| {
-                    let vals = jpeg_values(j, &svgd::to_vec(p));
-                    svgd::matrix(vals, p.dims()[0], 1, &self.device)
-                })
-            }
-        }
+        let key = NesKey { seed: self.s.seed, step, condition: ci };
+        let nes = Nes { particle_seeds: seeds, key, sigma: self.s.nes_sigma, samples: self.s.nes_samples };
+        field_grad(self.reward.as_ref(), x, self.s.reward_grad, nes)
     }
 
     /// One step over the step's classes.
@@ -265,17 +248,21 @@ impl<'c> ImageAligner<'c> {
             };
             t.generate += clock.elapsed().as_secs_f64();
             let clock = Instant::now();
-            let x = self.particles(img, &self.encoder_ad);
+            let x = self.s.reward.particles(img, &self.encoder_ad);
             let xd = x.clone().detach().without_autodiff();
             d = xd.dims()[1];
             t.encode += clock.elapsed().as_secs_f64();
-            reward_sum += self.reward_of(&xd).iter().map(|&r| f64::from(r)).sum::<f64>();
+            let r_sum = svgd::to_vec(&self.reward.value(&xd)).iter().map(|&r| f64::from(r)).sum::<f64>();
+            reward_sum += r_sum;
             let term = match self.s.method {
                 Method::Draft => {
-                    // −λ·mean r over all K·C particles: the local sum scaled by 1/(K·C), summed over ranks.
-                    let r = self.encoder_ad.reward_of_features(x).sum();
-                    loss_sum -= self.s.draft_multiplier * r.clone().into_scalar::<f64>();
-                    r.mul_scalar(-self.s.draft_multiplier / (k * c) as f64)
+                    // −λ·mean r over all K·C particles: the local sum scaled by 1/(K·C), summed over
+                    // ranks. Its gradient reaches the generator as x·stopgrad(∇r(x)), like FAV's.
+                    let clock = Instant::now();
+                    let g = self.reward.grad(&xd).expect("validated: DRaFT needs a differentiable reward");
+                    t.field += clock.elapsed().as_secs_f64();
+                    loss_sum -= self.s.draft_multiplier * r_sum;
+                    (x * g.autodiff()).sum().mul_scalar(-self.s.draft_multiplier / (k * c) as f64)
                 }
                 Method::Fav => {
                     let clock = Instant::now();
@@ -284,7 +271,7 @@ impl<'c> ImageAligner<'c> {
                     let ref_img = reference.forward(z, one_hot(&labels, &self.device));
                     t.generate += clock.elapsed().as_secs_f64();
                     let clock = Instant::now();
-                    let y = self.particles(ref_img, &self.encoder);
+                    let y = self.s.reward.particles(ref_img, &self.encoder);
                     t.encode += clock.elapsed().as_secs_f64();
                     let clock = Instant::now();
                     let (x_all, y_all) = (self.gather(&xd)?, self.gather(&y)?);

@@ -6,6 +6,7 @@
 
 use super::shapes::{self, CLASSES, SIZE};
 use crate::noise::{self, Stream};
+use crate::reward::Reward;
 use crate::svgd;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -59,6 +60,33 @@ impl RewardModel {
     /// The reward of images.
     pub fn reward(&self, x: Tensor<4>) -> Tensor<2> {
         self.reward_of_features(self.features(x))
+    }
+}
+
+/// The learned reward in its particle space (§7): the linear score head on encoder embeddings,
+/// differentiable. Holds the head twice, plain for values and on the autodiff device (frozen) for
+/// gradients; it is 65 numbers.
+pub struct ScoreHead {
+    plain: Linear,
+    ad: Linear,
+}
+
+impl ScoreHead {
+    pub fn new(model: &RewardModel, device: &Device) -> Self {
+        let plain = model.score.clone();
+        Self { ad: plain.clone().to_device(&device.clone().autodiff()).no_grad(), plain }
+    }
+}
+
+impl Reward for ScoreHead {
+    fn value(&self, x: &Tensor<2>) -> Tensor<2> {
+        self.plain.forward(x.clone())
+    }
+
+    fn grad(&self, x: &Tensor<2>) -> Option<Tensor<2>> {
+        let f = x.clone().autodiff().require_grad();
+        let grads = self.ad.forward(f.clone()).sum().backward();
+        f.grad(&grads)
     }
 }
 

@@ -223,6 +223,7 @@ fn settings(cfg: &Config) -> Result<Settings, JobError> {
         weight_decay: i.weight_decay,
         lora: LoraConfig { rank: i.lora_rank, alpha: i.lora_alpha as f32 },
         targets,
+        reward_grad: cfg.fav.reward_grad,
         nes_sigma: cfg.fav.nes_sigma,
         nes_samples: cfg.fav.nes_samples,
         draft_multiplier: i.draft_multiplier,

@@ -2,7 +2,10 @@
 //! with 4:2:0 chroma subsampling, in decimal kB. `Compress` rewards small files (`−kB`),
 //! `Incompress` large ones (`+kB`). Non-differentiable: FAV-B estimates its gradient (§9.1).
 
-use super::shapes::SIZE;
+use super::shapes::{PIXELS, SIZE};
+use crate::reward::Reward;
+use crate::svgd;
+use burn::tensor::Tensor;
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
 /// Which way the size is rewarded.
@@ -36,6 +39,21 @@ pub fn jpeg_bytes(chw: &[f32], side: usize) -> usize {
     enc.encode(&to_u8_hwc(chw, side), side as u16, side as u16, ColorType::Rgb)
         .expect("encoding into memory cannot fail");
     buf.len()
+}
+
+/// On pixel particles (`[n, 3·32·32]`, one image per row): a black box, so FAV-B estimates its
+/// gradient.
+impl Reward for Jpeg {
+    fn value(&self, x: &Tensor<2>) -> Tensor<2> {
+        use rayon::prelude::*;
+        let n = x.dims()[0];
+        let values = svgd::to_vec(x).par_chunks(PIXELS).map(|img| self.reward(img)).collect();
+        svgd::matrix(values, n, 1, &x.device())
+    }
+
+    fn grad(&self, _: &Tensor<2>) -> Option<Tensor<2>> {
+        None
+    }
 }
 
 impl Jpeg {
