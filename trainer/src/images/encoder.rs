@@ -56,11 +56,6 @@ impl RewardModel {
     pub fn reward_of_features(&self, f: Tensor<2>) -> Tensor<2> {
         self.score.forward(f)
     }
-
-    /// The reward of images.
-    pub fn reward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.reward_of_features(self.features(x))
-    }
 }
 
 /// The learned reward in its particle space (§7): the linear score head on encoder embeddings,
