@@ -10,6 +10,8 @@ use serde::Serialize;
 
 /// Size of the evaluation data pool (the first 10 000 of a fresh 200 000 draw, §10.1).
 pub const POOL: usize = 10_000;
+/// Base samples from which FAV's own target `p_base · r^β` is resampled.
+const BASE_POOL: usize = 50_000;
 
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Scores {
@@ -20,6 +22,7 @@ pub struct Scores {
 
 pub struct Evaluator {
     seed: u64,
+    beta: f64,
     n: usize,
     z: Vec<f32>,
     noise_dim: usize,
@@ -39,7 +42,24 @@ impl Evaluator {
         let target = toy::tilted_target(&pool, &r, beta, n, seed);
         let data = pool[..2 * n.min(POOL)].to_vec();
         let z = noise::normal_rows(seed, Stream::Eval, 0..n as u64, sampler.noise_dim());
-        Self { seed, n, z, noise_dim: sampler.noise_dim(), target, data, reward, device: device.clone() }
+        Self { seed, beta, n, z, noise_dim: sampler.noise_dim(), target, data, reward, device: device.clone() }
+    }
+
+    /// FAV's own target `p_base · r^β`: FAV anchors to the base, not to the data (§10.4), so this
+    /// is the distribution an aligned model converges to, and its scores against [`Self::target`]
+    /// are the best alignment from this base can reach (a base with uneven cluster masses has a
+    /// lower reward ceiling and an MMD² floor).
+    pub fn base_target(&self, sampler: &Sampler, base: &Mlp) -> Vec<f32> {
+        let keys = (1u64 << 41)..(1u64 << 41) + BASE_POOL as u64;
+        let z = svgd::matrix(
+            noise::normal_rows(self.seed, Stream::Eval, keys, self.noise_dim),
+            BASE_POOL,
+            self.noise_dim,
+            &self.device,
+        );
+        let x = sampler.generate(base, z);
+        let r = svgd::to_vec(&self.reward.value(&x));
+        toy::tilted_target(&svgd::to_vec(&x), &r, self.beta, self.n, self.seed)
     }
 
     /// Samples of `net` on the fixed evaluation noise, row-major.

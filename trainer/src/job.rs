@@ -55,6 +55,9 @@ pub struct Summary {
     pub final_: Scores,
     /// How well the base generator fits the untilted data.
     pub base_vs_data: Scores,
+    /// FAV's own target `p_base · r^β` against the tilted target: where alignment from this base
+    /// converges (its reward is the ceiling, its KL and MMD² the floor).
+    pub base_target: Scores,
     pub steps: usize,
     pub seed: u64,
     pub world_size: usize,
@@ -344,9 +347,10 @@ pub fn run_on(
     let pretrain_s = t0.elapsed().as_secs_f64();
     // Only rank 0 evaluates.
     let eval = lead.then(|| Evaluator::new(cfg.seed, cfg.eval.samples, cfg.fav.beta, &sampler, &device));
-    let (base_x, base_scores, base_vs_data) = if let Some(eval) = &eval {
+    let (base_x, base_scores, base_vs_data, base_target) = if let Some(eval) = &eval {
         let x = eval.samples(&sampler, &base);
         let (t, d) = (eval.score(&x, &eval.target), eval.score(&x, &eval.data));
+        let limit = eval.score(&eval.base_target(&sampler, &base), &eval.target);
         tracing::info!(
             kl_to_data = d.kl,
             kl = t.kl,
@@ -354,10 +358,16 @@ pub fn run_on(
             reward = t.reward_mean,
             "base generator against the tilted target"
         );
-        (x, t, d)
+        tracing::info!(
+            kl = limit.kl,
+            mmd2 = limit.mmd2,
+            reward = limit.reward_mean,
+            "FAV's own target p_base·r^β against the tilted target (the limit of alignment from this base)"
+        );
+        (x, t, d, limit)
     } else {
         let zero = Scores { kl: 0.0, mmd2: 0.0, reward_mean: 0.0 };
-        (Vec::new(), zero, zero)
+        (Vec::new(), zero, zero, zero)
     };
 
     let t_align = Instant::now();
@@ -470,6 +480,7 @@ pub fn run_on(
         base: base_scores,
         final_: last,
         base_vs_data,
+        base_target,
         steps: cfg.steps,
         seed: cfg.seed,
         world_size: comm.size(),
