@@ -175,10 +175,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     world::redact(&cfg.checkpoint.url)
                 };
+                let family = match cfg.task {
+                    fav_trainer::config::Task::Image => format!("{:?}", cfg.image.family),
+                    _ => format!("{:?}", cfg.model.family),
+                };
                 tracing::info!(launcher = ?world.launcher, world_size = comm.size(), nodes = layout.nodes.len(),
                     ranks_per_node = %layout.ranks_per_node(), node_list = %layout.node_list(),
                     devices = %layout.device_list(), run_dir = %out.display(), checkpoint_store = %store,
-                    family = ?cfg.model.family, steps = cfg.steps, seed = cfg.seed, "starting");
+                    task = ?cfg.task, family = %family, steps = cfg.steps, seed = cfg.seed, "starting");
             }
             let stop = signals::install(comm.rank())?;
             let mut reporter = progress::Reporter::new(comm.rank() == 0);
