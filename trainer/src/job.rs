@@ -110,12 +110,22 @@ pub enum Outcome<S = Summary> {
     StoppedEarly,
 }
 
-/// Progress callbacks' answer: go on unless a stop was requested.
-pub(crate) fn go_on(stop: &AtomicBool) -> ControlFlow<()> {
-    if stop.load(Ordering::Relaxed) {
-        ControlFlow::Break(())
-    } else {
-        ControlFlow::Continue(())
+/// Start the pretraining phase `phase` of `steps` steps on `obs`. The returned callback reports
+/// each step's loss and asks the training to stop once a stop was requested (a signal).
+pub(crate) fn pretraining<'a>(
+    obs: &'a mut dyn Observer,
+    stop: &'a AtomicBool,
+    phase: &str,
+    steps: usize,
+) -> impl FnMut(usize, f64) -> ControlFlow<()> + 'a {
+    obs.phase(phase, steps);
+    move |step, loss| {
+        obs.progress(step, loss);
+        if stop.load(Ordering::Relaxed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     }
 }
 
@@ -192,12 +202,9 @@ fn base_network(
         }
     }
     tracing::info!(family = ?cfg.model.family, steps = cfg.pretrain.steps, "pretraining the base generator");
-    obs.phase("pretrain", cfg.pretrain.steps);
-    let net = pretrain::pretrain(cfg, sampler, device, &mut |done, _, loss| {
-        obs.progress(done, loss);
-        go_on(stop)
-    })
-    .ok_or(JobError::StoppedPreparing("base generator"))?;
+    let mut progress = pretraining(obs, stop, "pretrain", cfg.pretrain.steps);
+    let net = pretrain::pretrain(cfg, sampler, device, &mut |done, _, loss| progress(done, loss))
+        .ok_or(JobError::StoppedPreparing("base generator"))?;
     io::save(&net, &cache)?;
     Ok((net, cache.display().to_string()))
 }

@@ -15,7 +15,7 @@ use super::{flow_pretrain, gan};
 use crate::checkpoint::{self, CheckpointError, Resumed, Saver, State};
 use crate::config::Config;
 use crate::job::{
-    dir_err, go_on, open_checkpoints, resume_parts, share_prepared, share_resume, stop_with_checkpoint, JobError,
+    dir_err, open_checkpoints, pretraining, resume_parts, share_prepared, share_resume, stop_with_checkpoint, JobError,
     Observer, Outcome, Resume,
 };
 use crate::lora::LoraConfig;
@@ -151,11 +151,8 @@ fn prepare(
         "reward model",
         || {
             tracing::info!(steps = i.reward_steps, "training the reward model");
-            obs.phase("reward model", i.reward_steps);
-            let (m, fit) = encoder::train(i.pretrain_seed, i.reward_steps, i.reward_batch, device, &mut |s, l| {
-                obs.progress(s, l);
-                go_on(stop)
-            })?;
+            let mut progress = pretraining(obs, stop, "reward model", i.reward_steps);
+            let (m, fit) = encoder::train(i.pretrain_seed, i.reward_steps, i.reward_batch, device, &mut progress)?;
             tracing::info!(accuracy = fit.accuracy, r2 = fit.r2, "reward model on held-out images");
             Some(m)
         },
@@ -169,11 +166,8 @@ fn prepare(
                 "base generator",
                 || {
                     tracing::info!(steps = i.gan_steps, "pretraining the base generator (GAN)");
-                    obs.phase("pretrain", i.gan_steps);
-                    gan::train(i.pretrain_seed, i.gan_steps, i.gan_batch, device, &mut |s, l| {
-                        obs.progress(s, l.g);
-                        go_on(stop)
-                    })
+                    let mut progress = pretraining(obs, stop, "pretrain", i.gan_steps);
+                    gan::train(i.pretrain_seed, i.gan_steps, i.gan_batch, device, &mut |s, l| progress(s, l.g))
                 },
             )?;
             (ImageGenerator::Gan(g), path)
@@ -187,17 +181,14 @@ fn prepare(
                 "base generator",
                 || {
                     tracing::info!(steps = i.meanflow_steps, "pretraining the base generator (MeanFlow)");
-                    obs.phase("pretrain", i.meanflow_steps);
+                    let mut progress = pretraining(obs, stop, "pretrain", i.meanflow_steps);
                     flow_pretrain::train(
                         i.pretrain_seed,
                         i.meanflow_steps,
                         i.meanflow_batch,
                         i.sample_steps,
                         device,
-                        &mut |s, l| {
-                            obs.progress(s, l);
-                            go_on(stop)
-                        },
+                        &mut progress,
                     )
                 },
             )?;
