@@ -57,9 +57,16 @@ fn sigkill_then_resume_gives_the_uninterrupted_result() {
     let b = std::fs::read(cut.join("final.safetensors")).unwrap();
     assert!(a == b, "resumed run differs from the uninterrupted one (killed after checkpoint {at})");
     assert_eq!(metrics_without_wall(&full), metrics_without_wall(&cut), "metrics.jsonl continues where it stopped");
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cut.join("summary.json")).unwrap()).unwrap();
+    let summary = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let (s, f) = (summary(&cut), summary(&full));
     assert!(s["resumed_from"].as_u64().is_some_and(|r| r >= at), "{s}");
+    // The best-EMA-MMD² weights survive the kill: same evaluation, same bytes.
+    assert!(f["best"]["step"].as_u64().is_some(), "{f}");
+    assert_eq!(s["best"], f["best"], "best evaluation after resuming from {at}");
+    let best = |dir: &Path| std::fs::read(dir.join("best.safetensors")).unwrap();
+    assert!(best(&full) == best(&cut), "best.safetensors differs after resuming from {at}");
 }
 
 #[test]

@@ -230,7 +230,7 @@ impl Default for ModelConfig {
 
 impl Default for PretrainConfig {
     fn default() -> Self {
-        Self { steps: 4000, batch: 2048, lr: 1e-3, eval_every: 250, cache_dir: "runs/cache".into() }
+        Self { steps: 2000, batch: 2048, lr: 1e-3, eval_every: 250, cache_dir: "runs/cache".into() }
     }
 }
 

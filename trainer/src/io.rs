@@ -19,6 +19,12 @@ pub fn deterministic(store: SafetensorsStore) -> SafetensorsStore {
     store.clear_metadata().metadata("format", "pt")
 }
 
+/// Write `bytes` to `path` atomically (temporary file, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path))
+}
+
 /// Save `module`'s parameters to `path` (atomically).
 pub fn save<M: Module + ModuleSnapshot>(module: &M, path: &Path) -> Result<(), WeightsError> {
     let werr = |reason: String| WeightsError::Write { path: path.to_path_buf(), reason };

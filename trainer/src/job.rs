@@ -2,7 +2,8 @@
 //! FAV alignment with periodic evaluation, and the outputs a person or a script reads.
 //!
 //! Run directory: `metrics.jsonl` (one object per evaluation), `summary.json`,
-//! `final.safetensors` (aligned network by module path), `samples.png` (base | aligned | target),
+//! `final.safetensors` (aligned network by module path), `best.safetensors` (the evaluation with
+//! the lowest EMA of MMD², spec §10.3), `samples.png` (base | aligned | target),
 //! `curves.png` (loss, reward, KL, MMD² over steps), `config.json` (the resolved configuration).
 
 use crate::align::{AlignError, Aligner};
@@ -10,11 +11,12 @@ use crate::checkpoint::{self, Resumed, Saver, State};
 use crate::config::Config;
 use crate::eval::{Evaluator, Scores};
 use crate::generators::{Mlp, Sampler};
+use crate::metrics::EmaBest;
 use crate::{io, plot, pretrain, toy};
 use burn::tensor::Device;
 use bytes::Bytes;
 use fav_comm::{Collective, CommError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -37,7 +39,7 @@ pub struct Quiet;
 impl Observer for Quiet {}
 
 /// One line of `metrics.jsonl`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalRecord {
     pub step: usize,
     pub loss: f64,
@@ -56,8 +58,10 @@ pub struct Summary {
     /// How well the base generator fits the untilted data.
     pub base_vs_data: Scores,
     /// FAV's own target `p_base · r^β` against the tilted target: where alignment from this base
-    /// converges (its reward is the ceiling, its KL and MMD² the floor).
+    /// heads (the amortised generator lands near these scores, not exactly on them).
     pub base_target: Scores,
+    /// The evaluation with the lowest EMA of MMD² (spec §10.3), saved as `best.safetensors`.
+    pub best: Option<BestEval>,
     pub steps: usize,
     pub seed: u64,
     pub world_size: usize,
@@ -67,6 +71,58 @@ pub struct Summary {
     pub base_checkpoint: String,
     /// The checkpoint step this process resumed from, if it resumed.
     pub resumed_from: Option<usize>,
+}
+
+/// Where the best weights were taken, and their scores against the tilted target.
+#[derive(Clone, Debug, Serialize)]
+pub struct BestEval {
+    pub step: usize,
+    pub ema_mmd2: f64,
+    pub kl: f64,
+    pub mmd2: f64,
+    pub reward_mean: f64,
+}
+
+/// Rank 0's best weights so far, kept across restarts: the EMA is replayed from the checkpoint's
+/// metric lines and the weights come back from its `best.safetensors` part.
+#[derive(Default)]
+struct BestWeights {
+    ema: EmaBest,
+    record: Option<EvalRecord>,
+    weights: Option<Bytes>,
+}
+
+impl BestWeights {
+    const PART: &str = "best.safetensors";
+
+    fn resume(r: &Resumed) -> Self {
+        let Some(weights) = r.parts.get(Self::PART) else {
+            tracing::warn!("checkpoint has no {}; the best weights are tracked from here on", Self::PART);
+            return Self::default();
+        };
+        let mut best = Self::default();
+        for rec in r.state.metrics.iter().filter_map(|l| serde_json::from_str::<EvalRecord>(l).ok()) {
+            if best.ema.offer(rec.mmd2, rec.step) {
+                best.record = Some(rec);
+            }
+        }
+        best.weights = best.record.is_some().then(|| weights.clone());
+        best
+    }
+
+    fn offer(&mut self, rec: &EvalRecord, net: &Mlp) -> Result<(), JobError> {
+        if self.ema.offer(rec.mmd2, rec.step) {
+            self.record = Some(rec.clone());
+            self.weights = Some(checkpoint::safetensors_bytes(net)?);
+        }
+        Ok(())
+    }
+
+    fn eval(&self) -> Option<BestEval> {
+        let (ema_mmd2, step) = self.ema.best()?;
+        let r = self.record.as_ref()?;
+        Some(BestEval { step, ema_mmd2, kl: r.kl, mmd2: r.mmd2, reward_mean: r.reward_mean })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -369,7 +425,7 @@ pub fn run_on(
             kl = limit.kl,
             mmd2 = limit.mmd2,
             reward = limit.reward_mean,
-            "FAV's own target p_base·r^β against the tilted target (the limit of alignment from this base)"
+            "FAV's own target p_base·r^β against the tilted target (where alignment from this base heads)"
         );
         (x, t, d, limit)
     } else {
@@ -389,6 +445,7 @@ pub fn run_on(
     };
     let (mut metric_lines, wall_before) =
         resumed.as_ref().map_or((Vec::new(), 0.0), |r| (r.state.metrics.clone(), r.state.wall_s));
+    let mut best = resumed.as_ref().map(BestWeights::resume).unwrap_or_default();
     let wall = || wall_before + t0.elapsed().as_secs_f64();
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics = if lead {
@@ -414,7 +471,8 @@ pub fn run_on(
         let stopping = crate::sync::any_rank(stop.load(Ordering::Relaxed), comm)?;
         if let (Some(metrics), Some(eval)) = (metrics.as_mut(), eval.as_ref()) {
             if done % cfg.eval.every == 0 || done == cfg.steps {
-                let s = eval.score(&eval.samples(&sampler, &aligner.plain()), &eval.target);
+                let net = aligner.plain();
+                let s = eval.score(&eval.samples(&sampler, &net), &eval.target);
                 let rec = EvalRecord {
                     step: done,
                     loss: stats.loss,
@@ -426,6 +484,7 @@ pub fn run_on(
                 let line = serde_json::to_string(&rec).expect("record serialises");
                 writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(|e| dir_err(&metrics_path, e))?;
                 metric_lines.push(line);
+                best.offer(&rec, &net)?;
                 obs.eval(
                     rec.reward_mean,
                     &format!(
@@ -446,7 +505,7 @@ pub fn run_on(
                     wall_s: wall(),
                     config: cfg.clone(),
                 };
-                let parts = vec![
+                let mut parts = vec![
                     ("model.burnpack".to_string(), checkpoint::record_bytes(&aligner.net)?),
                     ("optimizer.burnpack".to_string(), aligner.optimizer_bytes()?),
                     ("base.safetensors".to_string(), base_bytes.clone()),
@@ -456,6 +515,9 @@ pub fn run_on(
                         Bytes::from(serde_json::to_vec_pretty(&state).expect("state serialises")),
                     ),
                 ];
+                if let Some(w) = &best.weights {
+                    parts.push((BestWeights::PART.to_string(), w.clone()));
+                }
                 let meta = serde_json::json!({ "world_size": comm.size(), "family": cfg.model.family });
                 saver.save(done as u64, hash.clone(), parts, meta);
             }
@@ -474,6 +536,10 @@ pub fn run_on(
     let eval = eval.expect("rank 0 evaluates");
     let aligned = aligner.plain();
     io::save(&aligned, &out.join("final.safetensors"))?;
+    if let Some(w) = &best.weights {
+        let path = out.join(BestWeights::PART);
+        io::write_atomic(&path, w).map_err(|e| dir_err(&path, e))?;
+    }
     let final_x = eval.samples(&sampler, &aligned);
     let last = eval.score(&final_x, &eval.target);
     plot::density_panels(
@@ -488,6 +554,7 @@ pub fn run_on(
         final_: last,
         base_vs_data,
         base_target,
+        best: best.eval(),
         steps: cfg.steps,
         seed: cfg.seed,
         world_size: comm.size(),

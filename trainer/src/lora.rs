@@ -85,9 +85,7 @@ pub fn tensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>, String> {
 
 /// Write named tensors as a safetensors file (atomically: temporary file, then rename).
 pub fn save_tensors(tensors: &[NamedTensor], path: &std::path::Path) -> Result<(), String> {
-    let data = tensors_bytes(tensors)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())
+    crate::io::write_atomic(path, &tensors_bytes(tensors)?).map_err(|e| e.to_string())
 }
 
 /// `<path>.lora_A.weight` and `<path>.lora_B.weight`.

@@ -139,3 +139,49 @@ pub fn mmd2_with_sigma(x: &[f32], y: &[f32], sigma: f64) -> f64 {
 pub fn mmd2(x: &[f32], y: &[f32], seed: u64) -> f64 {
     mmd2_with_sigma(x, y, median_sigma(x, y, seed))
 }
+
+/// Spec §10.3 / §10.6: the best weights are those with the lowest EMA of MMD²
+/// (`ema ← 0.3·new + 0.7·ema`, seeded with the first value), which rides out evaluation noise.
+#[derive(Clone, Debug, Default)]
+pub struct EmaBest {
+    ema: Option<f64>,
+    best: Option<(f64, usize)>,
+}
+
+impl EmaBest {
+    const NEW: f64 = 0.3;
+
+    /// Feed the MMD² of the evaluation at `step`; true when its EMA is the lowest so far.
+    pub fn offer(&mut self, mmd2: f64, step: usize) -> bool {
+        let ema = self.ema.map_or(mmd2, |e| Self::NEW * mmd2 + (1.0 - Self::NEW) * e);
+        self.ema = Some(ema);
+        let better = self.best.is_none_or(|(b, _)| ema < b);
+        if better {
+            self.best = Some((ema, step));
+        }
+        better
+    }
+
+    /// The lowest EMA and the step it was reached at.
+    pub fn best(&self) -> Option<(f64, usize)> {
+        self.best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EmaBest;
+
+    #[test]
+    fn ema_best_weights_the_newest_value_by_0_3() {
+        let mut b = EmaBest::default();
+        assert!(b.offer(1.0, 100)); // the first value seeds the EMA
+        assert!(b.offer(0.0, 200)); // 0.7
+        assert!(!b.offer(2.0, 300)); // 0.3·2 + 0.7·0.7 = 1.09: a noisy spike does not win
+        assert!(!b.offer(0.0, 400)); // 0.763: still above 0.7
+        assert!(b.offer(0.0, 500)); // 0.5341
+        let (ema, step) = b.best().unwrap();
+        assert_eq!(step, 500);
+        assert!((ema - 0.5341).abs() < 1e-12, "{ema}");
+    }
+}

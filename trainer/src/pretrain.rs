@@ -15,7 +15,6 @@ use std::ops::ControlFlow;
 /// §10.1: pretraining data size and the fixed reference subset used to pick the best weights.
 pub const DATA_POINTS: usize = 500_000;
 pub const REFERENCE_POINTS: usize = 10_000;
-const EMA_NEW: f64 = 0.3;
 
 /// Progress callback: (step, total, last loss); `Break` stops the training (a signal), which then
 /// returns nothing.
@@ -107,7 +106,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
             }
         }
     }
-    let (net, mmd, at) = best.best.expect("pretrain.steps ≥ 1 evaluates at least once");
+    let ((mmd, at), net) = best.ema.best().zip(best.net).expect("pretrain.steps ≥ 1 evaluates at least once");
     tracing::info!(best_step = at, ema_mmd2 = mmd, "pretraining done; keeping the best EMA-MMD² weights");
     Some(net)
 }
@@ -127,22 +126,18 @@ pub(crate) fn meanflow_times(seed: u64, step: usize, n: usize, device: &Device) 
     (t, r)
 }
 
+/// The weights with the best EMA-MMD² so far.
 #[derive(Default)]
 struct Best {
-    ema: Option<f64>,
-    best: Option<(Mlp, f64, usize)>,
+    ema: metrics::EmaBest,
+    net: Option<Mlp>,
 }
 
 impl Best {
     fn offer(&mut self, net: &Mlp, mmd: f64, step: usize) {
-        let ema = match self.ema {
-            Some(e) => EMA_NEW * mmd + (1.0 - EMA_NEW) * e,
-            None => mmd,
-        };
-        self.ema = Some(ema);
-        tracing::debug!(step, mmd2 = mmd, ema, "pretrain eval");
-        if self.best.as_ref().is_none_or(|(_, b, _)| ema < *b) {
-            self.best = Some((net.clone(), ema, step));
+        tracing::debug!(step, mmd2 = mmd, "pretrain eval");
+        if self.ema.offer(mmd, step) {
+            self.net = Some(net.clone());
         }
     }
 }

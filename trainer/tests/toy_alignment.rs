@@ -63,3 +63,22 @@ fn fav_aligns_the_drift_generator() {
 fn fav_aligns_two_step_meanflow() {
     assert_aligned(&run(Family::Meanflow, 2, 1500, 300));
 }
+
+/// Issue 2's goal, on the shipped job (`examples/toy-vae.toml` is `Config::default()`, asserted
+/// in `fav-launch`): a base that fits the data (KL ≤ 0.2), then 1500 FAV steps ending at
+/// KL ≤ 0.25, MMD² ≤ 0.004 and mean reward ≥ 0.66 against the tilted target. Seed 0 measures
+/// 0.200 / 0.0021 / 0.675 (BENCHMARKS.md); the thresholds are the issue's, not tuned to the run.
+#[test]
+fn the_shipped_vae_job_meets_the_goal() {
+    let dir = std::env::temp_dir().join(format!("fav-align-shipped-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = Config::default();
+    cfg.pretrain.cache_dir = dir.join("cache").display().to_string();
+    let s = job::run(&cfg, &dir.join("run"), &mut Quiet).expect("job runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("shipped VAE: data kl {:.4}; base {:?} -> final {:?}", s.base_vs_data.kl, s.base, s.final_);
+    assert!(s.base_vs_data.kl <= 0.2, "base does not fit the data: {:?}", s.base_vs_data);
+    assert!(s.final_.kl <= 0.25, "KL {:?}", s.final_);
+    assert!(s.final_.mmd2 <= 0.004, "MMD² {:?}", s.final_);
+    assert!(s.final_.reward_mean >= 0.66, "reward {:?}", s.final_);
+}
