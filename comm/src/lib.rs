@@ -1,5 +1,5 @@
-//! Collectives behind one trait: [`SingleProcess`] (always), [`mpi::Mpi`] (feature `mpi`),
-//! [`nccl::Nccl`] (feature `nccl`).
+//! Collectives behind one trait: [`SingleProcess`] (always), [`threads::Threads`] (ranks as
+//! threads of one process, always), [`mpi::Mpi`] (feature `mpi`), [`nccl::Nccl`] (feature `nccl`).
 //! One conformance suite ([`conformance`]) runs against every implementation.
 
 pub mod conformance;
@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+pub mod threads;
 
 /// A failed collective: the peer, transport or argument at fault.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,17 @@ pub(crate) fn check_gather_len(local: &[f32], out: &[f32], size: usize) -> Resul
     Ok(())
 }
 
+/// A broadcast root must be a rank of the world.
+pub(crate) fn check_root(root: usize, size: usize) -> Result<(), CommError> {
+    if root >= size {
+        return Err(CommError::Failed {
+            op: "broadcast",
+            reason: format!("root {root} out of range for world size {size}"),
+        });
+    }
+    Ok(())
+}
+
 /// World size 1: every collective is the identity.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SingleProcess;
@@ -75,13 +87,7 @@ impl Collective for SingleProcess {
         Ok(())
     }
     fn broadcast(&self, _buf: &mut [u8], root: usize) -> Result<(), CommError> {
-        if root != 0 {
-            return Err(CommError::Failed {
-                op: "broadcast",
-                reason: format!("root {root} out of range for world size 1"),
-            });
-        }
-        Ok(())
+        check_root(root, 1)
     }
     fn barrier(&self) -> Result<(), CommError> {
         Ok(())

@@ -101,12 +101,7 @@ impl Collective for Mpi {
     }
 
     fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
-        if root >= self.size() {
-            return Err(CommError::Failed {
-                op: "broadcast",
-                reason: format!("root {root} ≥ world size {}", self.size()),
-            });
-        }
+        crate::check_root(root, self.size())?;
         for chunk in buf.chunks_mut(MAX_COUNT) {
             self.world.process_at_rank(root as i32).broadcast_into(chunk);
         }

@@ -43,6 +43,11 @@ enum Command {
         /// `none`: start afresh; or a store URL (path, file://, s3://) to continue from.
         #[arg(long, default_value = "auto", value_name = "auto|none|URL")]
         resume: String,
+        /// Data-parallel ranks as threads of this one process (CPU, not under mpirun/srun): the
+        /// batch is split over them as over MPI ranks, so the network's single-threaded work runs
+        /// on every core. Use the number of cores; 1: one rank.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        ranks: usize,
     },
     /// Measure the toy FAV step and the transport-field throughput against GEMM.
     Bench {
@@ -62,6 +67,11 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Data-parallel ranks as threads of this one process (CPU, not under mpirun/srun): the
+        /// batch is split over them as over MPI ranks, so the network's single-threaded work runs
+        /// on every core. Use the number of cores; 1: one rank.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        ranks: usize,
     },
     /// Hand a checkpoint to inference: model.safetensors and model_card.json.
     Export {
@@ -144,7 +154,7 @@ fn init_logging(format: LogFormat) {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Train { config, overrides, out, resume } => {
+        Command::Train { config, overrides, out, resume, ranks } => {
             let resume = match resume.as_str() {
                 "auto" => fav_trainer::job::Resume::Auto,
                 "none" => fav_trainer::job::Resume::Fresh,
@@ -153,110 +163,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = settings::load(config.as_deref(), &overrides)?;
             let out = out.unwrap_or_else(|| default_run_dir(config.as_deref(), cfg.seed));
             let (world, comm) = world::join(&cfg.comm, cfg.device.starts_with("cuda"))?;
-            let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
-            let (cores, online) = world::cpu_cores();
-            let device = if cfg.device.starts_with("cuda") {
-                format!("cuda:{}", world.device_index)
-            } else {
-                format!("{}[{cores} core{}]", cfg.device, if cores == 1 { "" } else { "s" })
-            };
-            let layout = world::gather_layout(comm.as_ref(), &device)?;
-            let here = layout.nodes.iter().find(|(_, r)| r.contains(&comm.rank())).map_or(1, |(_, r)| r.len());
-            if !cfg.device.starts_with("cuda") && cores == 1 && online >= 2 * here {
-                // OpenMPI binds each rank to one core by default (two ranks or fewer per node).
-                tracing::warn!(
-                    "this rank may use 1 of the node's {online} cores for {here} rank(s): start mpirun with \
-                     `--bind-to none` or `--map-by slot:PE=<cores per rank>` to use the rest"
-                );
-            }
-            if comm.rank() == 0 {
-                let store = if cfg.checkpoint.url.is_empty() {
-                    out.join("checkpoints").display().to_string()
-                } else {
-                    world::redact(&cfg.checkpoint.url)
-                };
-                let family = match cfg.task {
-                    fav_trainer::config::Task::Image => format!("{:?}", cfg.image.family),
-                    _ => format!("{:?}", cfg.model.family),
-                };
-                tracing::info!(launcher = ?world.launcher, world_size = comm.size(), nodes = layout.nodes.len(),
-                    ranks_per_node = %layout.ranks_per_node(), node_list = %layout.node_list(),
-                    devices = %layout.device_list(), run_dir = %out.display(), checkpoint_store = %store,
-                    task = ?cfg.task, family = %family, steps = cfg.steps, seed = cfg.seed, "starting");
-            }
             let stop = signals::install(comm.rank())?;
-            let mut reporter = progress::Reporter::new(comm.rank() == 0);
-            if cfg.task == fav_trainer::config::Task::Image {
-                let result = fav_trainer::images::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume, &stop);
-                drop(reporter);
-                let s = match summary_or_exit(result, comm.as_ref())? {
-                    Ok(s) => s,
-                    Err(code) => return Ok(code),
-                };
-                let best = s.best_of_n.iter().map(|b| format!("N={} {:.4}", b.n, b.eval.reward_mean));
-                println!(
-                    "base  : reward {:.4}  diversity {:.4}\nfinal : reward {:.4}  diversity {:.4}\nbest-of-N (base): {}\n\
-                     {} steps in {:.1}s (pretrain {:.1}s, align {:.1}s) -> {}",
-                    s.base.reward_mean, s.base.diversity, s.final_.reward_mean, s.final_.diversity,
-                    best.collect::<Vec<_>>().join(", "), s.steps, s.wall_s, s.pretrain_s, s.align_s, out.display()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            let result = fav_trainer::job::run_on(&cfg, &out, &mut reporter, comm.as_ref(), &resume, &stop);
-            drop(reporter);
-            let s = match summary_or_exit(result, comm.as_ref())? {
-                Ok(s) => s,
-                Err(code) => return Ok(code),
-            };
-            println!(
-                "base  : kl {:.4}  mmd2 {:.5}  reward {:.4}\nfinal : kl {:.4}  mmd2 {:.5}  reward {:.4}\n{} steps in {:.1}s (pretrain {:.1}s, align {:.1}s) -> {}",
-                s.base.kl, s.base.mmd2, s.base.reward_mean, s.final_.kl, s.final_.mmd2, s.final_.reward_mean,
-                s.steps, s.wall_s, s.pretrain_s, s.align_s, out.display()
-            );
-            Ok(ExitCode::SUCCESS)
+            let job = Job { cfg: &cfg, out: &out, resume: &resume, world: &world, stop: &stop };
+            world::each_rank(comm, ranks, cfg.device.starts_with("cuda"), |c| train(&job, c))
         }
-        Command::Bench { config, overrides, runs, field_n, field_d, json } => {
-            use fav_trainer::bench;
+        Command::Bench { config, overrides, runs, field_n, field_d, json, ranks } => {
             let cfg = settings::load(config.as_deref(), &overrides)?;
             let (_world, comm) = world::join(&cfg.comm, cfg.device.starts_with("cuda"))?;
-            let device = cfg.burn_device()?;
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let step = bench::toy_step(&cfg, runs, &device, comm.as_ref());
-            if comm.rank() != 0 {
-                return Ok(ExitCode::SUCCESS);
-            }
-            println!(
-                "toy FAV step ({}, global batch {}, {} rank(s)): median {:.1} ms (min {:.1}) | generate fwd {:.1} ms | \
-                 field {:.1} ms | {threads} threads",
-                step.family,
-                step.batch,
-                step.ranks,
-                1e3 * step.step.median_s,
-                1e3 * step.step.min_s,
-                1e3 * step.generate_s,
-                1e3 * step.field_s
-            );
-            let field = (comm.size() == 1).then(|| bench::field(field_n, field_d, runs.min(5), &device));
-            if let Some(field) = &field {
-                println!(
-                    "transport field N=M={} D={}: {:.1} ms, {:.1} GFLOP/s | GEMM {}x{}x{}: {:.1} GFLOP/s | field at \
-                     {:.0}% of GEMM",
-                    field.n,
-                    field.d,
-                    1e3 * field.field.median_s,
-                    field.field_gflops,
-                    field.n,
-                    field.d,
-                    field.m,
-                    field.gemm_gflops,
-                    100.0 * field.fraction_of_gemm
-                );
-            }
-            if let Some(path) = json {
-                let doc = serde_json::json!({ "threads": threads, "toy_step": step, "field": field });
-                std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
-            }
-            Ok(ExitCode::SUCCESS)
+            world::each_rank(comm, ranks, cfg.device.starts_with("cuda"), |c| {
+                bench(&cfg, c, runs, (field_n, field_d), json.as_deref())
+            })
         }
         Command::Tradeoff { runs, out } => {
             let table = fav_trainer::images::report::tradeoff(&runs, &out).map_err(|e| anyhow::anyhow!(e))?;
@@ -350,4 +266,136 @@ fn summary_or_exit<S>(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What every rank of a `fav train` runs with.
+struct Job<'a> {
+    cfg: &'a fav_trainer::config::Config,
+    out: &'a std::path::Path,
+    resume: &'a fav_trainer::job::Resume,
+    world: &'a fav_cluster::World,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+/// One rank of `fav train`: rank 0 logs the world, reports progress and prints the summary.
+fn train(job: &Job, comm: &dyn fav_comm::Collective) -> Result<ExitCode> {
+    let Job { cfg, out, resume, world, stop } = *job;
+    let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
+    let (cores, online) = world::cpu_cores();
+    let device = if cfg.device.starts_with("cuda") {
+        format!("cuda:{}", world.device_index)
+    } else {
+        format!("{}[{cores} core{}]", cfg.device, if cores == 1 { "" } else { "s" })
+    };
+    let layout = world::gather_layout(comm, &device)?;
+    let here = layout.nodes.iter().find(|(_, r)| r.contains(&comm.rank())).map_or(1, |(_, r)| r.len());
+    if !cfg.device.starts_with("cuda") && cores == 1 && online >= 2 * here {
+        // OpenMPI binds each rank to one core by default (two ranks or fewer per node).
+        tracing::warn!(
+            "this rank may use 1 of the node's {online} cores for {here} rank(s): start mpirun with \
+             `--bind-to none` or `--map-by slot:PE=<cores per rank>` to use the rest"
+        );
+    }
+    if comm.rank() == 0 {
+        let store = if cfg.checkpoint.url.is_empty() {
+            out.join("checkpoints").display().to_string()
+        } else {
+            world::redact(&cfg.checkpoint.url)
+        };
+        let family = match cfg.task {
+            fav_trainer::config::Task::Image => format!("{:?}", cfg.image.family),
+            _ => format!("{:?}", cfg.model.family),
+        };
+        tracing::info!(launcher = ?world.launcher, world_size = comm.size(), nodes = layout.nodes.len(),
+            ranks_per_node = %layout.ranks_per_node(), node_list = %layout.node_list(),
+            devices = %layout.device_list(), run_dir = %out.display(), checkpoint_store = %store,
+            task = ?cfg.task, family = %family, steps = cfg.steps, seed = cfg.seed, "starting");
+    }
+    let mut reporter = progress::Reporter::new(comm.rank() == 0);
+    if cfg.task == fav_trainer::config::Task::Image {
+        let result = fav_trainer::images::job::run_on(cfg, out, &mut reporter, comm, resume, stop);
+        drop(reporter);
+        let s = match summary_or_exit(result, comm)? {
+            Ok(s) => s,
+            Err(code) => return Ok(code),
+        };
+        let best = s.best_of_n.iter().map(|b| format!("N={} {:.4}", b.n, b.eval.reward_mean));
+        println!(
+            "base  : reward {:.4}  diversity {:.4}\nfinal : reward {:.4}  diversity {:.4}\nbest-of-N (base): {}\n\
+             {} steps in {:.1}s (pretrain {:.1}s, align {:.1}s) -> {}",
+            s.base.reward_mean,
+            s.base.diversity,
+            s.final_.reward_mean,
+            s.final_.diversity,
+            best.collect::<Vec<_>>().join(", "),
+            s.steps,
+            s.wall_s,
+            s.pretrain_s,
+            s.align_s,
+            out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let result = fav_trainer::job::run_on(cfg, out, &mut reporter, comm, resume, stop);
+    drop(reporter);
+    let s = match summary_or_exit(result, comm)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    println!(
+        "base  : kl {:.4}  mmd2 {:.5}  reward {:.4}\nfinal : kl {:.4}  mmd2 {:.5}  reward {:.4}\n{} steps in {:.1}s (pretrain {:.1}s, align {:.1}s) -> {}",
+        s.base.kl, s.base.mmd2, s.base.reward_mean, s.final_.kl, s.final_.mmd2, s.final_.reward_mean,
+        s.steps, s.wall_s, s.pretrain_s, s.align_s, out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One rank of `fav bench`: the toy step on the whole world; rank 0 of a one-rank world also
+/// times the transport field against GEMM.
+fn bench(
+    cfg: &fav_trainer::config::Config,
+    comm: &dyn fav_comm::Collective,
+    runs: usize,
+    (field_n, field_d): (usize, usize),
+    json: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    use fav_trainer::bench;
+    let device = cfg.burn_device()?;
+    let threads = rayon::current_num_threads();
+    let step = bench::toy_step(cfg, runs, &device, comm);
+    if comm.rank() != 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "toy FAV step ({}, global batch {}, {} rank(s)): median {:.1} ms (min {:.1}) | generate fwd {:.1} ms | \
+         field {:.1} ms | {threads} threads per rank",
+        step.family,
+        step.batch,
+        step.ranks,
+        1e3 * step.step.median_s,
+        1e3 * step.step.min_s,
+        1e3 * step.generate_s,
+        1e3 * step.field_s
+    );
+    let field = (comm.size() == 1).then(|| bench::field(field_n, field_d, runs.min(5), &device));
+    if let Some(field) = &field {
+        println!(
+            "transport field N=M={} D={}: {:.1} ms, {:.1} GFLOP/s | GEMM {}x{}x{}: {:.1} GFLOP/s | field at \
+             {:.0}% of GEMM",
+            field.n,
+            field.d,
+            1e3 * field.field.median_s,
+            field.field_gflops,
+            field.n,
+            field.d,
+            field.m,
+            field.gemm_gflops,
+            100.0 * field.fraction_of_gemm
+        );
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "threads": threads, "toy_step": step, "field": field });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

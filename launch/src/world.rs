@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 use fav_cluster::World;
 use fav_comm::{Collective, SingleProcess};
+use std::process::ExitCode;
 
 /// Detect the world and open the matching collective (`comm` is the config key of that name).
 pub fn join(comm: &str, cuda: bool) -> Result<(World, Box<dyn Collective>)> {
@@ -47,6 +48,81 @@ fn open(world: &World, comm: &str, _cuda: bool) -> Result<Box<dyn Collective>> {
         );
     }
     Ok(Box::new(SingleProcess))
+}
+
+/// Run `f` once per rank of this process: on `comm` itself, or with `ranks > 1` on that many
+/// ranks as threads ([`fav_comm::threads::Threads`]), each with an equal share of the cores. Thread
+/// ranks only form a world of their own (no mpirun) on the CPU. Returns rank 0's exit code. A rank
+/// that fails or panics ends the process, since its peers may wait for it in a collective (as
+/// `MPI_Abort` does for processes).
+pub fn each_rank(
+    comm: Box<dyn Collective>,
+    ranks: usize,
+    cuda: bool,
+    f: impl Fn(&dyn Collective) -> Result<ExitCode> + Sync,
+) -> Result<ExitCode> {
+    if ranks <= 1 {
+        return f(comm.as_ref());
+    }
+    if comm.size() > 1 {
+        bail!(
+            "--ranks {ranks}: thread ranks form a world of their own, but this process is rank {} of {} \
+             under a launcher: start more processes instead (mpirun -np / srun --ntasks)",
+            comm.rank(),
+            comm.size()
+        );
+    }
+    if cuda {
+        bail!(
+            "--ranks {ranks} runs ranks as CPU threads; for several GPUs start one process per GPU with mpirun or srun"
+        );
+    }
+    let pools = rank_pools(ranks)?;
+    let group = fav_comm::threads::Threads::group(ranks);
+    let codes: Vec<ExitCode> = std::thread::scope(|s| {
+        let handles: Vec<_> = group
+            .iter()
+            .zip(&pools)
+            .map(|(c, pool)| {
+                let f = &f;
+                std::thread::Builder::new()
+                    .name(format!("rank-{}", c.rank()))
+                    .spawn_scoped(s, move || {
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| f(c)))) {
+                            Ok(Ok(code)) => code,
+                            Ok(Err(e)) => {
+                                eprintln!("error on rank {}: {e:#}", c.rank());
+                                std::process::exit(2)
+                            }
+                            Err(_) => std::process::exit(101), // the panic message is already printed
+                        }
+                    })
+                    .expect("spawn a rank thread")
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(ExitCode::FAILURE)).collect()
+    });
+    Ok(codes.into_iter().next().unwrap_or(ExitCode::FAILURE))
+}
+
+/// One thread pool per thread rank for its intra-op threading (burn's and the field kernel's
+/// rayon work runs in the pool it is called from), each with an equal share of this process's
+/// cores, or `RAYON_NUM_THREADS` each when set. One shared pool would make the ranks queue for it.
+fn rank_pools(ranks: usize) -> Result<Vec<rayon::ThreadPool>> {
+    let per_rank = match std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) if n > 0 => n,
+        _ => (cpu_cores().0 / ranks).max(1),
+    };
+    (0..ranks)
+        .map(|r| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(per_rank)
+                .thread_name(move |i| format!("rank-{r}-{i}"))
+                .stack_size(8 << 20) // the main thread's size: deep autodiff graphs recurse
+                .build()
+                .map_err(|e| anyhow::anyhow!("thread pool of rank {r}: {e}"))
+        })
+        .collect()
 }
 
 /// What rank 0 logs at start: who runs where, gathered from every rank.

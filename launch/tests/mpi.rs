@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::examples;
+use common::{assert_close, examples, load};
 
 fn tmp(name: &str) -> PathBuf {
     common::tmp("mpi", name)
@@ -35,21 +35,6 @@ fn job_args(dir: &Path) -> Vec<String> {
     }
     a.extend(["--set".into(), format!("pretrain.cache_dir={}", dir.join("cache").display())]);
     a
-}
-
-/// Tensors of a safetensors file by name, sorted.
-type Weights = Vec<(String, Vec<f32>)>;
-
-fn load(path: &Path) -> Weights {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 #[test]
@@ -96,20 +81,6 @@ fn same_global_batch_on_1_2_4_ranks_gives_the_same_weights() {
     }
     // Only the order of the gradient sums differs between world sizes: rounding, not drift.
     assert_close(&runs, 1e-5);
-}
-
-/// Every run's weights equal the first run's up to float rounding: `rel` of each tensor's
-/// largest value.
-fn assert_close(runs: &[(usize, Weights)], rel: f32) {
-    let (_, reference) = &runs[0];
-    for (np, tensors) in &runs[1..] {
-        assert_eq!(tensors.len(), reference.len());
-        for ((name, a), (_, b)) in reference.iter().zip(tensors) {
-            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let diff = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(diff <= rel * scale, "np {np}: {name} differs by {diff:e} (scale {scale:e}) from np 1");
-        }
-    }
 }
 
 #[test]

@@ -3,11 +3,11 @@
 //! ends with the same bytes as one that was never interrupted.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{checkpoints, metrics_without_wall};
+use common::{checkpoints, metrics_without_wall, ok};
 
 fn tmp(name: &str) -> PathBuf {
     common::tmp("resume", name)
@@ -19,12 +19,6 @@ fn train(d: &Path, out: &Path, extra: &[&str]) -> Command {
     c.args(common::small_job(d, &["steps=80", "eval.every=10", "checkpoint.every=10", "checkpoint.keep=2"]));
     c.args(extra).arg("--out").arg(out);
     c
-}
-
-fn ok(o: Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(o.status.success(), "{err}");
-    err
 }
 
 #[test]

@@ -76,3 +76,39 @@ pub fn checkpoints(run: &Path) -> Vec<u64> {
     v.sort();
     v
 }
+
+/// Tensors of a safetensors file by name, sorted.
+pub type Weights = Vec<(String, Vec<f32>)>;
+
+pub fn load(path: &Path) -> Weights {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Every run's weights equal the first run's up to float rounding: `rel` of each tensor's
+/// largest value.
+pub fn assert_close(runs: &[(usize, Weights)], rel: f32) {
+    let (_, reference) = &runs[0];
+    for (np, tensors) in &runs[1..] {
+        assert_eq!(tensors.len(), reference.len());
+        for ((name, a), (_, b)) in reference.iter().zip(tensors) {
+            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= rel * scale, "np {np}: {name} differs by {diff:e} (scale {scale:e}) from np 1");
+        }
+    }
+}
+
+/// The stderr of a run that must have succeeded (shown when it did not).
+pub fn ok(o: std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    err
+}

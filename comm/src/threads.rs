@@ -1,0 +1,197 @@
+//! Ranks as threads of one process: the data-parallel world without MPI. On a CPU, splitting the
+//! batch over ranks runs the network's element-wise work (which the tensor engine does on one
+//! thread) on every core, where intra-op threading alone leaves cores idle.
+//!
+//! Every collective is two barrier phases over one slot per rank: each rank publishes its buffer,
+//! then each reads what it needs; the second barrier keeps a fast rank from overwriting its slot
+//! before a slow one has read it. Sums add the slots in rank order on every rank, so all ranks get
+//! the same bits (as MPI's reduction gives).
+
+use crate::{check_gather_len, Collective, CommError};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+
+struct Group {
+    barrier: Barrier,
+    slots: Vec<Mutex<Vec<u8>>>,
+}
+
+/// One rank of a group made by [`Threads::group`]; move each into its own thread.
+pub struct Threads {
+    rank: usize,
+    group: Arc<Group>,
+}
+
+impl Threads {
+    /// `size` connected ranks, one per thread that will use it.
+    pub fn group(size: usize) -> Vec<Threads> {
+        let group = Arc::new(Group {
+            barrier: Barrier::new(size.max(1)),
+            slots: (0..size.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+        });
+        (0..size.max(1)).map(|rank| Threads { rank, group: group.clone() }).collect()
+    }
+
+    fn slot(&self, rank: usize) -> MutexGuard<'_, Vec<u8>> {
+        // A rank that panicked while holding a slot ends the process (see `launch`), so a
+        // poisoned lock only means its bytes may be stale: the value is still a Vec.
+        self.group.slots[rank].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, bytes: &[u8]) {
+        let mut s = self.slot(self.rank);
+        s.clear();
+        s.extend_from_slice(bytes);
+    }
+
+    fn wait(&self) {
+        self.group.barrier.wait();
+    }
+}
+
+fn as_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding or invalid bit patterns; u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+fn read_f32(bytes: &[u8], out: &mut [f32]) {
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *o = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+impl Collective for Threads {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.group.slots.len()
+    }
+
+    fn all_gather_into(&self, local: &[f32], out: &mut [f32]) -> Result<(), CommError> {
+        check_gather_len(local, out, self.size())?;
+        self.publish(as_bytes(local));
+        self.wait();
+        let n = local.len();
+        let mut bad = None;
+        for (r, block) in out.chunks_mut(n.max(1)).take(self.size()).enumerate() {
+            let s = self.slot(r);
+            if s.len() != 4 * n {
+                bad = Some((r, s.len() / 4));
+            } else {
+                read_f32(&s, block);
+            }
+        }
+        self.wait();
+        match bad {
+            Some((r, got)) => Err(CommError::Failed {
+                op: "all_gather",
+                reason: format!("rank {r} sent {got} values, this rank {n}: blocks must be equal"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), CommError> {
+        self.publish(as_bytes(buf));
+        self.wait();
+        let mut bad = None;
+        let mut sum = vec![0.0f32; buf.len()];
+        let mut part = vec![0.0f32; buf.len()];
+        for r in 0..self.size() {
+            let s = self.slot(r);
+            if s.len() != 4 * buf.len() {
+                bad = Some((r, s.len() / 4));
+                continue;
+            }
+            read_f32(&s, &mut part);
+            drop(s);
+            for (a, b) in sum.iter_mut().zip(&part) {
+                *a += b;
+            }
+        }
+        self.wait();
+        if let Some((r, got)) = bad {
+            return Err(CommError::Failed {
+                op: "all_reduce",
+                reason: format!("rank {r} sent {got} values, this rank {}: buffers must be equal", buf.len()),
+            });
+        }
+        buf.copy_from_slice(&sum);
+        Ok(())
+    }
+
+    fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<(), CommError> {
+        crate::check_root(root, self.size())?;
+        if self.rank == root {
+            self.publish(buf);
+        }
+        self.wait();
+        let result = {
+            let s = self.slot(root);
+            if s.len() == buf.len() {
+                buf.copy_from_slice(&s);
+                Ok(())
+            } else {
+                Err(CommError::Failed {
+                    op: "broadcast",
+                    reason: format!("root {root} sent {} bytes, this rank expects {}", s.len(), buf.len()),
+                })
+            }
+        };
+        self.wait();
+        result
+    }
+
+    fn barrier(&self) -> Result<(), CommError> {
+        self.wait();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Threads;
+    use crate::Collective;
+
+    fn on_every_rank(size: usize, f: impl Fn(&Threads) -> Result<(), String> + Sync) {
+        let ranks = Threads::group(size);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ranks.iter().map(|c| s.spawn(|| f(c))).collect();
+            for h in handles {
+                h.join().expect("rank thread").unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn thread_ranks_pass_the_conformance_suite() {
+        for size in [1, 2, 3, 4] {
+            on_every_rank(size, |c| crate::conformance::run(c));
+        }
+    }
+
+    #[test]
+    fn every_rank_gets_the_same_bits_of_a_sum() {
+        // Values whose sum depends on the order of addition in f32.
+        on_every_rank(4, |c| {
+            let mut v = [[1e8f32, 1.0, -1e8, 0.5][c.rank()]];
+            c.all_reduce_sum(&mut v).map_err(|e| e.to_string())?;
+            let mut all = c.all_gather(&v).map_err(|e| e.to_string())?;
+            all.dedup();
+            (all.len() == 1).then_some(()).ok_or(format!("ranks disagree: {all:?}"))
+        });
+    }
+
+    #[test]
+    fn unequal_blocks_are_an_error_not_a_hang() {
+        on_every_rank(2, |c| {
+            let local = vec![0.0f32; 1 + c.rank()];
+            let mut out = vec![0.0f32; 2 * local.len()];
+            match c.all_gather_into(&local, &mut out) {
+                Err(e) if e.to_string().contains("must be equal") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+}
