@@ -213,6 +213,32 @@ pub(crate) fn share_prepared<T>(prepared: Result<T, JobError>, comm: &dyn Collec
     }
 }
 
+/// True at every `every`-th step and at the last one; `every = 0` means never.
+pub(crate) fn due(done: usize, every: usize, last: usize) -> bool {
+    every > 0 && (done.is_multiple_of(every) || done == last)
+}
+
+/// Rank 0's `metrics.jsonl`: rewritten from a resumed checkpoint's lines, then one flushed line
+/// per evaluation (a crash loses none that were logged).
+pub(crate) struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    pub(crate) fn create(path: PathBuf, lines: &[String]) -> Result<Self, JobError> {
+        let mut file = std::fs::File::create(&path).map_err(|e| dir_err(&path, e))?;
+        for l in lines {
+            writeln!(file, "{l}").map_err(|e| dir_err(&path, e))?;
+        }
+        Ok(Self { file, path })
+    }
+
+    pub(crate) fn append(&mut self, line: &str) -> Result<(), JobError> {
+        writeln!(self.file, "{line}").and_then(|_| self.file.flush()).map_err(|e| dir_err(&self.path, e))
+    }
+}
+
 pub(crate) fn dir_err(path: &Path, e: impl ToString) -> JobError {
     JobError::RunDir { path: path.to_path_buf(), reason: e.to_string() }
 }
@@ -447,16 +473,7 @@ pub fn run_on(
         resumed.as_ref().map_or((Vec::new(), 0.0), |r| (r.state.metrics.clone(), r.state.wall_s));
     let mut best = resumed.as_ref().map(BestWeights::resume).unwrap_or_default();
     let wall = || wall_before + t0.elapsed().as_secs_f64();
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = if lead {
-        let mut f = std::fs::File::create(&metrics_path).map_err(|e| dir_err(&metrics_path, e))?;
-        for l in &metric_lines {
-            writeln!(f, "{l}").map_err(|e| dir_err(&metrics_path, e))?;
-        }
-        Some(f)
-    } else {
-        None
-    };
+    let mut metrics = lead.then(|| MetricsLog::create(out.join("metrics.jsonl"), &metric_lines)).transpose()?;
     let base_bytes = if saver.is_some() { Some(checkpoint::safetensors_bytes(&base)?) } else { None };
     let hash = checkpoint::config_hash(cfg);
     obs.phase("align", cfg.steps);
@@ -465,12 +482,12 @@ pub fn run_on(
         let stats = aligner.step(step)?;
         obs.progress(step + 1, stats.loss);
         let done = step + 1;
-        if cfg.fav.check_every > 0 && (done % cfg.fav.check_every == 0 || done == cfg.steps) {
+        if due(done, cfg.fav.check_every, cfg.steps) {
             crate::sync::check_in_sync(&aligner.net, comm, done).map_err(JobError::Diverged)?;
         }
         let stopping = crate::sync::any_rank(stop.load(Ordering::Relaxed), comm)?;
         if let (Some(metrics), Some(eval)) = (metrics.as_mut(), eval.as_ref()) {
-            if done % cfg.eval.every == 0 || done == cfg.steps {
+            if due(done, cfg.eval.every, cfg.steps) {
                 let net = aligner.plain();
                 let s = eval.score(&eval.samples(&sampler, &net), &eval.target);
                 let rec = EvalRecord {
@@ -482,7 +499,7 @@ pub fn run_on(
                     wall_s: wall(),
                 };
                 let line = serde_json::to_string(&rec).expect("record serialises");
-                writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(|e| dir_err(&metrics_path, e))?;
+                metrics.append(&line)?;
                 metric_lines.push(line);
                 best.offer(&rec, &net)?;
                 obs.eval(
@@ -496,7 +513,7 @@ pub fn run_on(
         }
         let every = cfg.checkpoint.every;
         if let (Some(saver), Some(base_bytes)) = (saver.as_mut(), base_bytes.as_ref()) {
-            if stopping || (every > 0 && (done % every == 0 || done == cfg.steps)) {
+            if stopping || due(done, every, cfg.steps) {
                 let state = State {
                     step: done,
                     seed: cfg.seed,

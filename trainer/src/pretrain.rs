@@ -64,7 +64,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
                 let grads = GradientsParams::from_grads(loss.backward(), &vae);
                 vae = optim.step(p.lr, vae, grads);
                 progress(step + 1, p.steps, lv).continue_value()?;
-                if (step + 1) % p.eval_every == 0 || step + 1 == p.steps {
+                if crate::job::due(step + 1, p.eval_every, p.steps) {
                     evaluate(&vae.decoder.valid(), step + 1);
                 }
             }
@@ -80,7 +80,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
                 let grads = GradientsParams::from_grads((x * g.autodiff()).sum().backward(), &net);
                 net = optim.step(p.lr, net, grads);
                 progress(step + 1, p.steps, lv).continue_value()?;
-                if (step + 1) % p.eval_every == 0 || step + 1 == p.steps {
+                if crate::job::due(step + 1, p.eval_every, p.steps) {
                     evaluate(&net.valid(), step + 1);
                 }
             }
@@ -100,7 +100,7 @@ pub fn pretrain(cfg: &Config, sampler: &Sampler, device: &Device, progress: Prog
                 let grads = GradientsParams::from_grads(loss.backward(), &net);
                 net = optim.step(p.lr, net, grads);
                 progress(step + 1, p.steps, lv).continue_value()?;
-                if (step + 1) % p.eval_every == 0 || step + 1 == p.steps {
+                if crate::job::due(step + 1, p.eval_every, p.steps) {
                     evaluate(&net.valid(), step + 1);
                 }
             }

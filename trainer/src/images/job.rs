@@ -15,8 +15,8 @@ use super::{flow_pretrain, gan};
 use crate::checkpoint::{self, CheckpointError, Resumed, Saver, State};
 use crate::config::Config;
 use crate::job::{
-    dir_err, open_checkpoints, pretraining, resume_parts, share_prepared, share_resume, stop_with_checkpoint, JobError,
-    Observer, Outcome, Resume,
+    dir_err, due, open_checkpoints, pretraining, resume_parts, share_prepared, share_resume, stop_with_checkpoint,
+    JobError, MetricsLog, Observer, Outcome, Resume,
 };
 use crate::lora::LoraConfig;
 use crate::{io, plot};
@@ -27,7 +27,6 @@ use bytes::Bytes;
 use fav_comm::Collective;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -301,16 +300,7 @@ pub fn run_on(
         }
     };
     let wall = || wall_before + t0.elapsed().as_secs_f64();
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = if lead {
-        let mut f = std::fs::File::create(&metrics_path).map_err(|e| dir_err(&metrics_path, e))?;
-        for l in &lines {
-            writeln!(f, "{l}").map_err(|e| dir_err(&metrics_path, e))?;
-        }
-        Some(f)
-    } else {
-        None
-    };
+    let mut metrics = lead.then(|| MetricsLog::create(out.join("metrics.jsonl"), &lines)).transpose()?;
     // The frozen models go into every checkpoint, so a resume needs neither cache nor names.
     let frozen = match saver {
         Some(_) => Some((base.safetensors()?, checkpoint::safetensors_bytes(&encoder)?)),
@@ -327,12 +317,12 @@ pub fn run_on(
         steps_here += 1;
         let done = step + 1;
         obs.progress(done, stats.loss);
-        if cfg.fav.check_every > 0 && (done % cfg.fav.check_every == 0 || done == cfg.steps) {
+        if due(done, cfg.fav.check_every, cfg.steps) {
             crate::sync::check_in_sync(&aligner.net, comm, done).map_err(JobError::Diverged)?;
         }
         let stopping = crate::sync::any_rank(stop.load(Ordering::Relaxed), comm)?;
         if let Some(f) = metrics.as_mut() {
-            if done % cfg.eval.every == 0 || done == cfg.steps {
+            if due(done, cfg.eval.every, cfg.steps) {
                 let (e, _) = eval(&aligner.plain());
                 let rec = ImageRecord {
                     step: done,
@@ -343,7 +333,7 @@ pub fn run_on(
                     wall_s: wall(),
                 };
                 let line = serde_json::to_string(&rec).expect("record");
-                writeln!(f, "{line}").and_then(|_| f.flush()).map_err(|e| dir_err(&metrics_path, e))?;
+                f.append(&line)?;
                 obs.eval(
                     e.reward_mean,
                     &format!(
@@ -356,7 +346,7 @@ pub fn run_on(
         }
         let every = cfg.checkpoint.every;
         if let (Some(saver), Some((base_bytes, reward_bytes))) = (saver.as_mut(), frozen.as_ref()) {
-            if stopping || (every > 0 && (done % every == 0 || done == cfg.steps)) {
+            if stopping || due(done, every, cfg.steps) {
                 let state = State {
                     step: done,
                     seed: cfg.seed,
