@@ -368,7 +368,7 @@ fn bench(
     }
     println!(
         "toy FAV step ({}, global batch {}, {} rank(s)): median {:.1} ms (min {:.1}) | generate fwd {:.1} ms | \
-         field {:.1} ms | {threads} threads per rank",
+         field {:.1} ms | threads per rank: {threads}",
         step.family,
         step.batch,
         step.ranks,
