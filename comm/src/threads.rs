@@ -24,11 +24,10 @@ pub struct Threads {
 impl Threads {
     /// `size` connected ranks, one per thread that will use it.
     pub fn group(size: usize) -> Vec<Threads> {
-        let group = Arc::new(Group {
-            barrier: Barrier::new(size.max(1)),
-            slots: (0..size.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
-        });
-        (0..size.max(1)).map(|rank| Threads { rank, group: group.clone() }).collect()
+        let size = size.max(1);
+        let group =
+            Arc::new(Group { barrier: Barrier::new(size), slots: (0..size).map(|_| Mutex::new(Vec::new())).collect() });
+        (0..size).map(|rank| Threads { rank, group: group.clone() }).collect()
     }
 
     fn slot(&self, rank: usize) -> MutexGuard<'_, Vec<u8>> {
@@ -53,10 +52,14 @@ fn as_bytes(v: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }
 
-fn read_f32(bytes: &[u8], out: &mut [f32]) {
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-        *o = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-    }
+fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Rank `r` published `got` bytes where this rank expected `want`: the ranks called the same
+/// collective with different sizes.
+fn mismatch(op: &'static str, r: usize, got: usize, want: usize) -> CommError {
+    CommError::Failed { op, reason: format!("rank {r} sent {got} bytes, this rank {want}: sizes must be equal") }
 }
 
 impl Collective for Threads {
@@ -72,50 +75,35 @@ impl Collective for Threads {
         check_gather_len(local, out, self.size())?;
         self.publish(as_bytes(local));
         self.wait();
-        let n = local.len();
+        let want = std::mem::size_of_val(local);
         let mut bad = None;
-        for (r, block) in out.chunks_mut(n.max(1)).take(self.size()).enumerate() {
+        for (r, block) in out.chunks_mut(local.len().max(1)).take(self.size()).enumerate() {
             let s = self.slot(r);
-            if s.len() != 4 * n {
-                bad = Some((r, s.len() / 4));
-            } else {
-                read_f32(&s, block);
+            match s.len() == want {
+                true => block.iter_mut().zip(f32s(&s)).for_each(|(o, v)| *o = v),
+                false => bad = Some(mismatch("all_gather", r, s.len(), want)),
             }
         }
         self.wait();
-        match bad {
-            Some((r, got)) => Err(CommError::Failed {
-                op: "all_gather",
-                reason: format!("rank {r} sent {got} values, this rank {n}: blocks must be equal"),
-            }),
-            None => Ok(()),
-        }
+        bad.map_or(Ok(()), Err)
     }
 
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), CommError> {
         self.publish(as_bytes(buf));
         self.wait();
+        let want = std::mem::size_of_val(buf);
         let mut bad = None;
         let mut sum = vec![0.0f32; buf.len()];
-        let mut part = vec![0.0f32; buf.len()];
         for r in 0..self.size() {
             let s = self.slot(r);
-            if s.len() != 4 * buf.len() {
-                bad = Some((r, s.len() / 4));
-                continue;
-            }
-            read_f32(&s, &mut part);
-            drop(s);
-            for (a, b) in sum.iter_mut().zip(&part) {
-                *a += b;
+            match s.len() == want {
+                true => sum.iter_mut().zip(f32s(&s)).for_each(|(a, v)| *a += v),
+                false => bad = Some(mismatch("all_reduce", r, s.len(), want)),
             }
         }
         self.wait();
-        if let Some((r, got)) = bad {
-            return Err(CommError::Failed {
-                op: "all_reduce",
-                reason: format!("rank {r} sent {got} values, this rank {}: buffers must be equal", buf.len()),
-            });
+        if let Some(e) = bad {
+            return Err(e);
         }
         buf.copy_from_slice(&sum);
         Ok(())
@@ -129,14 +117,11 @@ impl Collective for Threads {
         self.wait();
         let result = {
             let s = self.slot(root);
-            if s.len() == buf.len() {
+            if s.len() != buf.len() {
+                Err(mismatch("broadcast", root, s.len(), buf.len()))
+            } else {
                 buf.copy_from_slice(&s);
                 Ok(())
-            } else {
-                Err(CommError::Failed {
-                    op: "broadcast",
-                    reason: format!("root {root} sent {} bytes, this rank expects {}", s.len(), buf.len()),
-                })
             }
         };
         self.wait();
