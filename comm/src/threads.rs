@@ -10,6 +10,50 @@
 use crate::{check_gather_len, Collective, CommError};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 
+/// Run `f` on `ranks` connected ranks, each a thread of this process with its own rayon pool of
+/// `threads` threads (its intra-op threading: burn's and the field kernel's rayon work runs in
+/// the pool it is called from; one shared pool would make the ranks queue for it). Returns each
+/// rank's result in rank order. A rank that panics ends the process, since its peers may wait
+/// for it in a collective (as `MPI_Abort` does for processes).
+pub fn run<R: Send>(
+    ranks: usize,
+    threads: usize,
+    f: impl Fn(&dyn Collective) -> R + Sync,
+) -> Result<Vec<R>, CommError> {
+    let pools = (0..ranks)
+        .map(|r| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads.max(1))
+                .thread_name(move |i| format!("rank-{r}-{i}"))
+                .stack_size(8 << 20) // the main thread's size: deep autodiff graphs recurse
+                .build()
+                .map_err(|e| CommError::Failed { op: "thread ranks", reason: format!("thread pool of rank {r}: {e}") })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let group = Threads::group(ranks);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = group
+            .iter()
+            .zip(&pools)
+            .map(|(c, pool)| {
+                let f = &f;
+                std::thread::Builder::new()
+                    .name(format!("rank-{}", c.rank()))
+                    .spawn_scoped(s, move || {
+                        let run = std::panic::AssertUnwindSafe(|| pool.install(|| f(c)));
+                        std::panic::catch_unwind(run).unwrap_or_else(|_| std::process::exit(101))
+                        // message printed
+                    })
+                    .map_err(|e| CommError::Failed {
+                        op: "thread ranks",
+                        reason: format!("spawn rank {}: {e}", c.rank()),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(handles.into_iter().map(|h| h.join().unwrap_or_else(|_| std::process::exit(101))).collect())
+    })
+}
+
 struct Group {
     barrier: Barrier,
     slots: Vec<Mutex<Vec<u8>>>,

@@ -156,26 +156,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Train { config, overrides, out, resume, ranks } => {
             let resume = match resume.as_str() {
-                "auto" => fav_trainer::job::Resume::Auto,
-                "none" => fav_trainer::job::Resume::Fresh,
-                url => fav_trainer::job::Resume::From(url.to_string()),
+                "auto" => fav_trainer::Resume::Auto,
+                "none" => fav_trainer::Resume::Fresh,
+                url => fav_trainer::Resume::From(url.to_string()),
             };
             let cfg = settings::load(config.as_deref(), &overrides)?;
             let out = out.unwrap_or_else(|| default_run_dir(config.as_deref(), cfg.seed));
-            let (world, comm) = world::join(&cfg.comm, cfg.device.starts_with("cuda"))?;
+            let (world, comm) = world::join(cfg.comm, cfg.device.is_cuda())?;
             let stop = signals::install(comm.rank())?;
             let job = Job { cfg: &cfg, out: &out, resume: &resume, world: &world, stop: &stop };
-            world::each_rank(comm, ranks, cfg.device.starts_with("cuda"), |c| train(&job, c))
+            world::each_rank(comm, ranks, cfg.device.is_cuda(), |c| train(&job, c))
         }
         Command::Bench { config, overrides, runs, field_n, field_d, json, ranks } => {
             let cfg = settings::load(config.as_deref(), &overrides)?;
-            let (_world, comm) = world::join(&cfg.comm, cfg.device.starts_with("cuda"))?;
-            world::each_rank(comm, ranks, cfg.device.starts_with("cuda"), |c| {
-                bench(&cfg, c, runs, (field_n, field_d), json.as_deref())
+            let (world, comm) = world::join(cfg.comm, cfg.device.is_cuda())?;
+            world::each_rank(comm, ranks, cfg.device.is_cuda(), |c| {
+                bench(&cfg, c, world.device_index, runs, (field_n, field_d), json.as_deref())
             })
         }
         Command::Tradeoff { runs, out } => {
-            let table = fav_trainer::images::report::tradeoff(&runs, &out).map_err(|e| anyhow::anyhow!(e))?;
+            let table = fav_trainer::tasks::image::report::tradeoff(&runs, &out).map_err(|e| anyhow::anyhow!(e))?;
             print!("{table}");
             eprintln!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
@@ -247,17 +247,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Rank 0's summary of a finished job, or the exit code that ends this process: success on the
+/// Rank 0's report of a finished job, or the exit code that ends this process: success on the
 /// other ranks, [`signals::EXIT_PREEMPTED`] when a signal stopped the job with its checkpoint
 /// saved. An error on one of several ranks aborts the whole job: its peers may be blocked in a
 /// collective.
-fn summary_or_exit<S>(
-    result: Result<fav_trainer::job::Outcome<S>, fav_trainer::job::JobError>,
+fn report_or_exit(
+    result: Result<fav_trainer::Outcome, fav_trainer::JobError>,
     comm: &dyn fav_comm::Collective,
-) -> anyhow::Result<Result<Box<S>, ExitCode>> {
-    use fav_trainer::job::Outcome;
+) -> anyhow::Result<Result<Box<fav_trainer::Report>, ExitCode>> {
+    use fav_trainer::Outcome;
     match result {
-        Ok(Outcome::Finished(Some(s))) => Ok(Ok(s)),
+        Ok(Outcome::Finished(Some(r))) => Ok(Ok(r)),
         Ok(Outcome::Finished(None)) => Ok(Err(ExitCode::SUCCESS)),
         Ok(Outcome::Stopped { .. } | Outcome::StoppedEarly) => Ok(Err(ExitCode::from(signals::EXIT_PREEMPTED))),
         Err(e) if comm.size() > 1 => {
@@ -272,24 +272,24 @@ fn summary_or_exit<S>(
 struct Job<'a> {
     cfg: &'a fav_trainer::config::Config,
     out: &'a std::path::Path,
-    resume: &'a fav_trainer::job::Resume,
+    resume: &'a fav_trainer::Resume,
     world: &'a fav_cluster::World,
     stop: &'a std::sync::atomic::AtomicBool,
 }
 
-/// One rank of `fav train`: rank 0 logs the world, reports progress and prints the summary.
+/// One rank of `fav train`: rank 0 logs the world, reports progress and prints the report.
 fn train(job: &Job, comm: &dyn fav_comm::Collective) -> Result<ExitCode> {
     let Job { cfg, out, resume, world, stop } = *job;
     let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
     let (cores, online) = world::cpu_cores();
-    let device = if cfg.device.starts_with("cuda") {
+    let device = if cfg.device.is_cuda() {
         format!("cuda:{}", world.device_index)
     } else {
         format!("{}[{cores} core{}]", cfg.device, if cores == 1 { "" } else { "s" })
     };
     let layout = world::gather_layout(comm, &device)?;
     let here = layout.nodes.iter().find(|(_, r)| r.contains(&comm.rank())).map_or(1, |(_, r)| r.len());
-    if !cfg.device.starts_with("cuda") && cores == 1 && online >= 2 * here {
+    if !cfg.device.is_cuda() && cores == 1 && online >= 2 * here {
         // OpenMPI binds each rank to one core by default (two ranks or fewer per node).
         tracing::warn!(
             "this rank may use 1 of the node's {online} cores for {here} rank(s): start mpirun with \
@@ -302,80 +302,55 @@ fn train(job: &Job, comm: &dyn fav_comm::Collective) -> Result<ExitCode> {
         } else {
             world::redact(&cfg.checkpoint.url)
         };
-        let family = match cfg.task {
-            fav_trainer::config::Task::Image => format!("{:?}", cfg.image.family),
-            _ => format!("{:?}", cfg.model.family),
-        };
         tracing::info!(launcher = ?world.launcher, world_size = comm.size(), nodes = layout.nodes.len(),
             ranks_per_node = %layout.ranks_per_node(), node_list = %layout.node_list(),
             devices = %layout.device_list(), run_dir = %out.display(), checkpoint_store = %store,
-            task = ?cfg.task, family = %family, steps = cfg.steps, seed = cfg.seed, "starting");
+            task = ?cfg.task, family = %cfg.family(), steps = cfg.steps, seed = cfg.seed, "starting");
     }
     let mut reporter = progress::Reporter::new(comm.rank() == 0);
-    if cfg.task == fav_trainer::config::Task::Image {
-        let result = fav_trainer::images::job::run_on(cfg, out, &mut reporter, comm, resume, stop);
-        drop(reporter);
-        let s = match summary_or_exit(result, comm)? {
-            Ok(s) => s,
-            Err(code) => return Ok(code),
-        };
-        let best = s.best_of_n.iter().map(|b| format!("N={} {:.4}", b.n, b.eval.reward_mean));
-        println!(
-            "base  : reward {:.4}  diversity {:.4}\nfinal : reward {:.4}  diversity {:.4}\nbest-of-N (base): {}\n\
-             {} steps in {:.1}s (pretrain {:.1}s, align {:.1}s) -> {}",
-            s.base.reward_mean,
-            s.base.diversity,
-            s.final_.reward_mean,
-            s.final_.diversity,
-            best.collect::<Vec<_>>().join(", "),
-            s.steps,
-            s.wall_s,
-            s.pretrain_s,
-            s.align_s,
-            out.display()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let result = fav_trainer::job::run_on(cfg, out, &mut reporter, comm, resume, stop);
+    let env = fav_trainer::Env { comm, resume: resume.clone(), stop, device_index: world.device_index };
+    let result = fav_trainer::run_on(cfg, out, &mut reporter, &env);
     drop(reporter);
-    let s = match summary_or_exit(result, comm)? {
-        Ok(s) => s,
-        Err(code) => return Ok(code),
-    };
-    println!(
-        "base  : kl {:.4}  mmd2 {:.5}  reward {:.4}\nfinal : kl {:.4}  mmd2 {:.5}  reward {:.4}\n{} steps in {:.1}s (pretrain {:.1}s, align {:.1}s) -> {}",
-        s.base.kl, s.base.mmd2, s.base.reward_mean, s.final_.kl, s.final_.mmd2, s.final_.reward_mean,
-        s.steps, s.wall_s, s.pretrain_s, s.align_s, out.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    match report_or_exit(result, comm)? {
+        Ok(report) => {
+            println!("{}", report.text);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(code) => Ok(code),
+    }
 }
 
-/// One rank of `fav bench`: the toy step on the whole world; rank 0 of a one-rank world also
-/// times the transport field against GEMM.
+/// One rank of `fav bench`: the FAV step of the config's task on the whole world; rank 0 of a
+/// one-rank world also times the transport field against GEMM.
 fn bench(
     cfg: &fav_trainer::config::Config,
     comm: &dyn fav_comm::Collective,
+    device_index: usize,
     runs: usize,
     (field_n, field_d): (usize, usize),
     json: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
     use fav_trainer::bench;
-    let device = cfg.burn_device()?;
+    let device = cfg.burn_device(device_index);
     let threads = rayon::current_num_threads();
-    let step = bench::toy_step(cfg, runs, &device, comm);
+    let step = bench::step(cfg, runs, &device, comm)?;
     if comm.rank() != 0 {
         return Ok(ExitCode::SUCCESS);
     }
+    let p = &step.parts;
     println!(
-        "toy FAV step ({}, global batch {}, {} rank(s)): median {:.1} ms (min {:.1}) | generate fwd {:.1} ms | \
-         field {:.1} ms | threads per rank: {threads}",
+        "FAV step ({}, global batch {}, {} rank(s)): median {:.1} ms (min {:.1}) | per step: generate {:.1} ms, \
+         encode {:.1} ms, field {:.1} ms, backward+optimiser {:.1} ms, comm {:.1} ms | threads per rank: {threads}",
         step.family,
         step.batch,
         step.ranks,
         1e3 * step.step.median_s,
         1e3 * step.step.min_s,
-        1e3 * step.generate_s,
-        1e3 * step.field_s
+        1e3 * p.generate,
+        1e3 * p.encode,
+        1e3 * p.field,
+        1e3 * p.backward,
+        1e3 * p.comm
     );
     let field = (comm.size() == 1).then(|| bench::field(field_n, field_d, runs.min(5), &device));
     if let Some(field) = &field {
@@ -394,7 +369,7 @@ fn bench(
         );
     }
     if let Some(path) = json {
-        let doc = serde_json::json!({ "threads": threads, "toy_step": step, "field": field });
+        let doc = serde_json::json!({ "threads": threads, "step": step, "field": field });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     }
     Ok(ExitCode::SUCCESS)

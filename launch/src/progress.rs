@@ -1,7 +1,7 @@
 //! What a person sees while a job runs: a progress bar on a terminal (rank 0), plain periodic
 //! log lines otherwise.
 
-use fav_trainer::job::Observer;
+use fav_trainer::observe::Observer;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};

@@ -24,7 +24,7 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
         let key = e.path().to_string();
         anyhow!("config ({origin}) key `{key}`: {}", e.into_inner())
     })?;
-    cfg.validate().map_err(|e| anyhow!("config ({origin}): {e}"))?;
+    fav_trainer::validate(&cfg).map_err(|e| anyhow!("config ({origin}): {e}"))?;
     Ok(cfg)
 }
 
@@ -65,7 +65,7 @@ mod tests {
         let c = set(&["seed=7", "fav.lr=3e-4", "model.family=drift", "fav.temps_kde=[0.1]"]).unwrap();
         assert_eq!(c.seed, 7);
         assert_eq!(c.fav.lr, 3e-4);
-        assert_eq!(c.model.family, fav_trainer::generators::Family::Drift);
+        assert_eq!(c.model.family, "drift");
         assert_eq!(c.fav.temps_kde, vec![0.1]);
     }
 

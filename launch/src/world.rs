@@ -4,10 +4,11 @@
 use anyhow::{bail, Result};
 use fav_cluster::World;
 use fav_comm::{Collective, SingleProcess};
+use fav_trainer::config::CommKind;
 use std::process::ExitCode;
 
 /// Detect the world and open the matching collective (`comm` is the config key of that name).
-pub fn join(comm: &str, cuda: bool) -> Result<(World, Box<dyn Collective>)> {
+pub fn join(comm: CommKind, cuda: bool) -> Result<(World, Box<dyn Collective>)> {
     let world = World::detect()?;
     let comm = open(&world, comm, cuda)?;
     world.check_against(comm.rank(), comm.size())?;
@@ -15,7 +16,7 @@ pub fn join(comm: &str, cuda: bool) -> Result<(World, Box<dyn Collective>)> {
 }
 
 #[cfg(feature = "mpi")]
-fn open(world: &World, comm: &str, cuda: bool) -> Result<Box<dyn Collective>> {
+fn open(world: &World, comm: CommKind, cuda: bool) -> Result<Box<dyn Collective>> {
     use fav_cluster::Launcher;
     match world.launcher {
         Launcher::Single => return Ok(Box::new(SingleProcess)),
@@ -23,7 +24,7 @@ fn open(world: &World, comm: &str, cuda: bool) -> Result<Box<dyn Collective>> {
         Launcher::Torchrun => bail!("torchrun launches are not supported: start fav with mpirun or srun --mpi=pmix"),
     }
     let mpi = fav_comm::mpi::Mpi::init()?;
-    let nccl = comm == "nccl" || (comm == "auto" && cuda && cfg!(feature = "nccl"));
+    let nccl = comm == CommKind::Nccl || (comm == CommKind::Auto && cuda && cfg!(feature = "nccl"));
     if !nccl {
         return Ok(Box::new(mpi));
     }
@@ -34,8 +35,8 @@ fn open(world: &World, comm: &str, cuda: bool) -> Result<Box<dyn Collective>> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn open(world: &World, comm: &str, _cuda: bool) -> Result<Box<dyn Collective>> {
-    if comm == "nccl" {
+fn open(world: &World, comm: CommKind, _cuda: bool) -> Result<Box<dyn Collective>> {
+    if comm == CommKind::Nccl {
         bail!("comm = \"nccl\" but this fav was built without NCCL: rebuild with `--features nccl`");
     }
     if world.size > 1 {
@@ -51,10 +52,10 @@ fn open(world: &World, comm: &str, _cuda: bool) -> Result<Box<dyn Collective>> {
 }
 
 /// Run `f` once per rank of this process: on `comm` itself, or with `ranks > 1` on that many
-/// ranks as threads ([`fav_comm::threads::Threads`]), each with an equal share of the cores. Thread
-/// ranks only form a world of their own (no mpirun) on the CPU. Returns rank 0's exit code. A rank
-/// that fails or panics ends the process, since its peers may wait for it in a collective (as
-/// `MPI_Abort` does for processes).
+/// ranks as threads ([`fav_comm::threads::run`]), each with an equal share of the cores
+/// (`RAYON_NUM_THREADS` each when set). Thread ranks only form a world of their own (no mpirun)
+/// on the CPU. Returns rank 0's exit code. A rank that fails ends the process, since its peers
+/// may wait for it in a collective.
 pub fn each_rank(
     comm: Box<dyn Collective>,
     ranks: usize,
@@ -77,52 +78,17 @@ pub fn each_rank(
             "--ranks {ranks} runs ranks as CPU threads; for several GPUs start one process per GPU with mpirun or srun"
         );
     }
-    let pools = rank_pools(ranks)?;
-    let group = fav_comm::threads::Threads::group(ranks);
-    let codes: Vec<ExitCode> = std::thread::scope(|s| {
-        let handles: Vec<_> = group
-            .iter()
-            .zip(&pools)
-            .map(|(c, pool)| {
-                let f = &f;
-                std::thread::Builder::new()
-                    .name(format!("rank-{}", c.rank()))
-                    .spawn_scoped(s, move || {
-                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| f(c)))) {
-                            Ok(Ok(code)) => code,
-                            Ok(Err(e)) => {
-                                eprintln!("error on rank {}: {e:#}", c.rank());
-                                std::process::exit(2)
-                            }
-                            Err(_) => std::process::exit(101), // the panic message is already printed
-                        }
-                    })
-                    .expect("spawn a rank thread")
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(ExitCode::FAILURE)).collect()
-    });
-    Ok(codes.into_iter().next().unwrap_or(ExitCode::FAILURE))
-}
-
-/// One thread pool per thread rank for its intra-op threading (burn's and the field kernel's
-/// rayon work runs in the pool it is called from), each with an equal share of this process's
-/// cores, or `RAYON_NUM_THREADS` each when set. One shared pool would make the ranks queue for it.
-fn rank_pools(ranks: usize) -> Result<Vec<rayon::ThreadPool>> {
-    let per_rank = match std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
+    let threads = match std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
         Some(n) if n > 0 => n,
         _ => (cpu_cores().0 / ranks).max(1),
     };
-    (0..ranks)
-        .map(|r| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(per_rank)
-                .thread_name(move |i| format!("rank-{r}-{i}"))
-                .stack_size(8 << 20) // the main thread's size: deep autodiff graphs recurse
-                .build()
-                .map_err(|e| anyhow::anyhow!("thread pool of rank {r}: {e}"))
+    let codes = fav_comm::threads::run(ranks, threads, |c| {
+        f(c).unwrap_or_else(|e| {
+            eprintln!("error on rank {}: {e:#}", c.rank());
+            std::process::exit(2)
         })
-        .collect()
+    })?;
+    Ok(codes.into_iter().next().unwrap_or(ExitCode::FAILURE))
 }
 
 /// What rank 0 logs at start: who runs where, gathered from every rank.

@@ -120,7 +120,6 @@ fn bad_input_is_refused_naming_it() {
     refused(&["train", "--set", "eval.every=0"], "eval.every");
     refused(&["train", "--set", "nokey"], "nokey");
     refused(&["train", "--set", "device=tpu"], "device");
-    refused(&["train", "--set", "task=image", "--set", "image.reward=jpeg_compress"], "fav.reward_grad");
     refused(
         &["train", "--set", "task=image", "--set", "eval.samples=320", "--set", "image.lora_targets=[\"attn\"]"],
         "image.lora_targets",
@@ -134,6 +133,9 @@ fn bad_input_is_refused_naming_it() {
         v.extend(extra.iter().flat_map(|kv| ["--set", kv]));
         v
     };
+    refused(&image(&["image.reward=jpeg_compress"]), "fav.reward_grad");
+    refused(&image(&["image.reward=\"clip\""]), "image.reward");
+    refused(&image(&["image.family=\"sana\""]), "image.family");
     refused(&image(&["image.sample_steps=2"]), "image.sample_steps"); // the GAN is one-step
     refused(&image(&["image.family=\"meanflow\"", "image.sample_steps=5"]), "image.sample_steps");
     refused(&image(&["image.family=\"meanflow\"", "image.lora_targets=[\"fc\"]"]), "image.lora_targets");

@@ -1,11 +1,11 @@
 //! Benchmarks behind `fav bench`: the toy FAV step and the transport-field throughput, each
 //! against the machine's own limit measured in the same run (GEMM of the same engine).
 
-use crate::align::Aligner;
 use crate::config::Config;
-use crate::generators::Sampler;
 use crate::noise::{self, Stream};
+use crate::step::Timings;
 use crate::svgd::{self, FieldConfig, KdeClamp, Repulsion};
+use crate::tensors::matrix;
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 use std::time::Instant;
@@ -37,7 +37,7 @@ pub fn time(warmup: usize, runs: usize, mut f: impl FnMut()) -> Timing {
 fn random(rows: usize, cols: usize, key: u64, scale: f32, device: &Device) -> Tensor<2> {
     let mut r = noise::rng(0, Stream::Eval, key);
     let v = noise::normal_block(&mut r, rows, cols).into_iter().map(|x| x * scale).collect();
-    svgd::matrix(v, rows, cols, device)
+    matrix(v, rows, cols, device)
 }
 
 fn block(t: &Tensor<2>) {
@@ -101,44 +101,40 @@ pub struct StepBench {
     pub batch: usize,
     pub ranks: usize,
     pub step: Timing,
-    /// Parts of one step, timed separately on the same inputs.
-    pub generate_s: f64,
-    pub field_s: f64,
+    /// Mean seconds per step in each part, this rank (its own rows).
+    pub parts: Timings,
 }
 
-/// One toy FAV step at the config's (global) batch on the world of `comm`, from a freshly
-/// initialised generator (the step's cost does not depend on the weights).
-pub fn toy_step(cfg: &Config, runs: usize, device: &Device, comm: &dyn fav_comm::Collective) -> StepBench {
-    let sampler = Sampler { family: cfg.model.family, steps: cfg.model.sample_steps };
-    let net = sampler.new_net(device);
+/// The FAV step of the config's task at its (global) batch on the world of `comm`, from a
+/// freshly initialised base (the step's cost does not depend on the weights), through the same
+/// task and trainer a run uses.
+pub fn step(
+    cfg: &Config,
+    runs: usize,
+    device: &Device,
+    comm: &dyn fav_comm::Collective,
+) -> Result<StepBench, crate::JobError> {
     let mut small = cfg.clone();
     small.fav.ref_pool = small.fav.ref_pool.min(20_000);
-    let mut aligner = Aligner::new(&small, sampler, &net, device, comm).expect("valid layout");
-    let mut k = 0;
+    crate::validate(&small)?;
+    let mut task = crate::tasks::build(&small, device)?;
+    task.start(comm)?;
+    let trainer = task.trainer();
+    let (mut k, mut parts, mut timed) = (0, Timings::default(), 0);
     let step = time(3, runs, || {
         comm.barrier().expect("barrier");
-        aligner.step(k).expect("step");
+        let s = trainer.step(k).expect("step");
+        if k >= 3 {
+            parts.add(&s.timings);
+            timed += 1;
+        }
         k += 1;
     });
-    let z = svgd::matrix(
-        noise::normal_rows(0, Stream::Particle, 0..cfg.fav.batch as u64, sampler.noise_dim()),
-        cfg.fav.batch,
-        sampler.noise_dim(),
-        device,
-    );
-    let plain = aligner.plain();
-    let generate = time(2, runs, || block(&sampler.generate(&plain, z.clone())));
-    let x = sampler.generate(&plain, z.clone());
-    let y = random(cfg.fav.ref_batch, 2, 5, 2.0, device);
-    let g = random(cfg.fav.batch, 2, 6, 1.0, device);
-    let field_cfg = cfg.field();
-    let field = time(2, runs, || block(&svgd::transport(&x, &y, &g, &field_cfg).grad));
-    StepBench {
-        family: format!("{:?}", cfg.model.family).to_lowercase(),
+    Ok(StepBench {
+        family: small.family().to_string(),
         batch: cfg.fav.batch,
         ranks: comm.size(),
         step,
-        generate_s: generate.median_s,
-        field_s: field.median_s,
-    }
+        parts: parts.mean(timed),
+    })
 }

@@ -2,14 +2,15 @@
 //! [`fav_storage::Store`] while training goes on.
 //!
 //! Parts: `model.burnpack` (the trainable network with its parameter ids, so the optimiser state
-//! matches it on load), `optimizer.burnpack` (Adam moments), `base.safetensors` (the frozen base,
-//! so a resume needs no cache), `model.safetensors` (plain module-path names, for people and
-//! tools) and `state.json` (step, seed, world size, metrics so far, the config). Noise is a pure
-//! function of (seed, step, particle), so the step is the whole RNG and sampler state.
+//! matches it on load), `optimizer.burnpack` (its optimiser state), `state.json` (step, seed,
+//! world size, metrics so far, the config), and the task's own: the frozen models (so a resume
+//! needs no cache), the weights for people and tools, and `export.json` (what `fav export`
+//! hands on). Noise is a pure function of (seed, step, particle), so the step is the whole RNG
+//! and sampler state.
 
 use crate::config::Config;
 use burn::module::Module;
-use burn::store::{ModuleRecord, ModuleSnapshot, SafetensorsStore};
+use burn::store::ModuleRecord;
 use bytes::Bytes;
 use fav_storage::{Manifest, StorageError, Store};
 use serde::{Deserialize, Serialize};
@@ -86,21 +87,45 @@ pub fn load_record<M: Module>(m: M, bytes: &Bytes) -> Result<M, CheckpointError>
     m.try_load_record(rec).map_err(fmt_err)
 }
 
-/// Safetensors bytes with plain module-path names.
-pub fn safetensors_bytes<M: Module + ModuleSnapshot>(m: &M) -> Result<Bytes, CheckpointError> {
-    let mut store = crate::io::deterministic(SafetensorsStore::from_bytes(None));
-    m.save_into(&mut store).map_err(fmt_err)?;
-    Ok(Bytes::from(store.get_bytes().map_err(fmt_err)?))
+/// Where a run resumes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// The latest complete checkpoint in the run's own store, if there is one.
+    Auto,
+    /// Start afresh.
+    Fresh,
+    /// The latest complete checkpoint of another store (a path, `file://` or `s3://` URL).
+    From(String),
 }
 
-/// Load safetensors bytes into `m`.
-pub fn load_safetensors<M: Module + ModuleSnapshot>(mut m: M, bytes: &Bytes) -> Result<M, CheckpointError> {
-    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec())).allow_partial(false);
-    let res = m.load_from(&mut store).map_err(fmt_err)?;
-    if !res.missing.is_empty() || !res.errors.is_empty() {
-        return Err(fmt_err(format!("base weights: missing {:?}, errors {:?}", res.missing, res.errors)));
+/// Rank 0's checkpoint store for the run in `out` (opened now, so a missing bucket or bad
+/// credentials fail before any work) and the checkpoint to resume from.
+pub fn open(
+    cfg: &Config,
+    out: &std::path::Path,
+    resume: &Resume,
+) -> Result<(Option<Saver>, Option<Resumed>), CheckpointError> {
+    let c = &cfg.checkpoint;
+    let url = if c.url.is_empty() { out.join("checkpoints").display().to_string() } else { c.url.clone() };
+    let part = c.part_size_mib << 20;
+    let saver =
+        if c.every > 0 || *resume == Resume::Auto { Some(Saver::open(&url, part, c.keep, c.timeout_s)?) } else { None };
+    let resumed = match resume {
+        Resume::Fresh => None,
+        Resume::Auto => match &saver {
+            Some(s) => s.latest(cfg)?,
+            None => None,
+        },
+        Resume::From(from) => Some(
+            Saver::open(from, part, c.keep, c.timeout_s)?
+                .latest(cfg)?
+                .ok_or_else(|| fmt_err(format!("no complete checkpoint in {from}")))?,
+        ),
+    };
+    if let Some(r) = &resumed {
+        tracing::info!(step = r.state.step, "resuming from checkpoint");
     }
-    Ok(m)
+    Ok((saver, resumed))
 }
 
 /// Saves checkpoints on a background thread pool; at most one save is in flight.
@@ -248,10 +273,27 @@ pub struct Exported {
     pub files: Vec<String>,
 }
 
-/// Hand a checkpoint to inference: `model.safetensors` (the aligned network with any adapters
-/// merged, plain module-path names), `lora.safetensors` where LoRA is used (PEFT names
-/// `<module path>.lora_A.weight` / `.lora_B.weight`) and `model_card.json` (config, reward, β,
-/// step, metrics, source commit).
+/// `export.json`, a task's account of its checkpoint for inference: which parts to hand on, and
+/// the model and reward for the model card.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExportSpec {
+    /// Parts copied out under their own names.
+    pub files: Vec<String>,
+    pub model: serde_json::Value,
+    pub reward: String,
+}
+
+impl ExportSpec {
+    pub const PART: &'static str = "export.json";
+
+    pub fn part(&self) -> (String, Bytes) {
+        (Self::PART.to_string(), Bytes::from(serde_json::to_vec_pretty(self).expect("export spec serialises")))
+    }
+}
+
+/// Hand a checkpoint to inference: the files its task names (the aligned weights with any
+/// adapters merged, under plain module-path names; the adapters under PEFT names where LoRA is
+/// used) and `model_card.json` (config, reward, β, step, metrics, source commit).
 pub fn export(
     url: &str,
     step: Option<u64>,
@@ -264,58 +306,25 @@ pub fn export(
         Some(s) => rt.block_on(store.read(s))?,
         None => rt.block_on(store.latest())?.ok_or_else(|| fmt_err(format!("no complete checkpoint in {url}")))?,
     };
-    let part = |n: &str| parts.get(n).cloned().ok_or_else(|| fmt_err(format!("part {n} missing")));
+    let part = |n: &str| {
+        parts.get(n).cloned().ok_or_else(|| fmt_err(format!("checkpoint step {} has no part {n}", manifest.step)))
+    };
     let state: State = serde_json::from_slice(&part("state.json")?).map_err(fmt_err)?;
+    let spec: ExportSpec = serde_json::from_slice(&part(ExportSpec::PART)?).map_err(fmt_err)?;
     std::fs::create_dir_all(out).map_err(|e| fmt_err(format!("{}: {e}", out.display())))?;
     let write = |name: &str, bytes: &[u8]| {
         std::fs::write(out.join(name), bytes).map_err(|e| fmt_err(format!("{}: {e}", out.join(name).display())))
     };
-    write("model.safetensors", &part("model.safetensors")?)?;
-    let mut files = vec!["model.safetensors".to_string()];
+    for f in &spec.files {
+        write(f, &part(f)?)?;
+    }
     let c = &state.config;
-    let (model, reward) = match c.task {
-        crate::config::Task::Toy => (
-            serde_json::json!({
-                "family": c.model.family,
-                "sample_steps": c.model.sample_steps,
-                "weights": "model.safetensors",
-                "lora": null,
-            }),
-            "8-gaussians cluster reward; FAV tilts by log r (spec §10.2)".to_string(),
-        ),
-        crate::config::Task::Image => {
-            let i = &c.image;
-            write("lora.safetensors", &part("lora.safetensors")?)?;
-            files.push("lora.safetensors".into());
-            let model = serde_json::json!({
-                "family": i.family,
-                "sample_steps": i.sample_steps,
-                "weights": "model.safetensors (adapters merged)",
-                "lora": {
-                    "weights": "lora.safetensors",
-                    "r": i.lora_rank,
-                    "lora_alpha": i.lora_alpha,
-                    "target_modules": crate::lora::Targets::parse(&i.lora_targets, &i.family.layer_paths())
-                        .map(|t| t.0)
-                        .unwrap_or_default(),
-                },
-            });
-            let reward = match i.reward {
-                crate::images::align::ImageReward::Learned => "learned score head on the reward encoder's embedding",
-                crate::images::align::ImageReward::JpegCompress => "JPEG compressibility (−kB at quality 95, spec §9)",
-                crate::images::align::ImageReward::JpegIncompress => {
-                    "JPEG incompressibility (+kB at quality 95, spec §9)"
-                }
-            };
-            (model, format!("{reward}; method {:?}", i.method).to_lowercase())
-        }
-    };
     let metrics: Vec<serde_json::Value> = state.metrics.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let card = serde_json::json!({
         "format": "fav model card v1",
         "task": c.task,
-        "model": model,
-        "reward": reward,
+        "model": spec.model,
+        "reward": spec.reward,
         "beta": c.fav.beta,
         "step": manifest.step,
         "seed": state.seed,
@@ -327,6 +336,7 @@ pub fn export(
         "source_commit": source_commit,
     });
     write("model_card.json", &serde_json::to_vec_pretty(&card).expect("card serialises"))?;
+    let mut files = spec.files;
     files.push("model_card.json".into());
     Ok(Exported { step: manifest.step, files })
 }

@@ -1,11 +1,11 @@
 //! The job configuration: every key, its default (the embedded toy-VAE job) and its checks.
 //! Parsing TOML and `--set` overrides is the launcher's job; this is the typed result.
+//!
+//! Configuration knows names and checks values; it imports no model or reward. The registries
+//! (`models::toy`, `models::image`, `rewards::image`) check the names of families and rewards
+//! ([`crate::validate`]).
 
-use crate::generators::Family;
-use crate::images::align::{ImageReward, Method};
-use crate::images::family::ImageFamily;
 use crate::svgd::{FieldConfig, KdeClamp, Repulsion};
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,16 +18,71 @@ pub struct Config {
     /// Alignment (FAV) steps.
     pub steps: usize,
     /// `cpu` (default), or `cuda` / `cuda:N` in a build with the `cuda` feature.
-    pub device: String,
+    pub device: DeviceKind,
     /// Collective for multi-rank runs: `auto` (NCCL for a CUDA device in a build with `nccl`,
     /// MPI otherwise), `mpi` or `nccl`.
-    pub comm: String,
+    pub comm: CommKind,
     pub model: ModelConfig,
     pub pretrain: PretrainConfig,
     pub fav: FavConfig,
     pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
     pub image: ImageConfig,
+}
+
+/// Where tensors live: `cpu`, or `cuda` / `cuda:N`, parsed once from the config's string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceKind {
+    Cpu,
+    /// `cuda` (`None`: the device the launcher assigns this rank) or `cuda:N`.
+    Cuda(Option<usize>),
+}
+
+impl DeviceKind {
+    pub fn is_cuda(self) -> bool {
+        matches!(self, DeviceKind::Cuda(_))
+    }
+}
+
+impl TryFrom<String> for DeviceKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(None)),
+            _ => match s.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+                Some(i) => Ok(Self::Cuda(Some(i))),
+                None => Err(format!("expected \"cpu\", \"cuda\" or \"cuda:N\", got {s:?}")),
+            },
+        }
+    }
+}
+
+impl From<DeviceKind> for String {
+    fn from(d: DeviceKind) -> String {
+        match d {
+            DeviceKind::Cpu => "cpu".into(),
+            DeviceKind::Cuda(None) => "cuda".into(),
+            DeviceKind::Cuda(Some(i)) => format!("cuda:{i}"),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from(*self))
+    }
+}
+
+/// The collective of a multi-rank run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommKind {
+    /// NCCL for a CUDA device in a build with `nccl`, MPI otherwise.
+    Auto,
+    Mpi,
+    Nccl,
 }
 
 /// Which job a config describes.
@@ -47,7 +102,7 @@ pub enum Task {
 pub struct ImageConfig {
     /// `learned` (differentiable, encoder-feature particles), `jpeg_compress` or
     /// `jpeg_incompress` (black-box, pixel particles, `fav.reward_grad = "nes"`).
-    pub reward: ImageReward,
+    pub reward: String,
     /// `fav` or the `draft` baseline (learned reward only).
     pub method: Method,
     /// DRaFT's reward multiplier λ.
@@ -56,13 +111,15 @@ pub struct ImageConfig {
     pub draft_k: usize,
     pub lora_rank: usize,
     pub lora_alpha: f64,
+    /// How adapters start: `kaiming` (PEFT's default) or `gaussian` (`N(0, 1/r)`).
+    pub lora_init: crate::lora::LoraInit,
     /// Layers that get adapters, by module path or group: `all`; GAN `fc`, `convs`, `convs.N`;
     /// MeanFlow `embed`, `down`, `mid`, `up`, `film`, `out` (and `down.N`, …).
     pub lora_targets: Vec<String>,
     /// AdamW weight decay (on the adapters).
     pub weight_decay: f64,
     /// `gan` (one-step) or `meanflow` (few-step).
-    pub family: ImageFamily,
+    pub family: String,
     /// Sampling steps: MeanFlow 1–4; the GAN is one-step (1).
     pub sample_steps: usize,
     /// Base generator safetensors. Empty: pretrain and cache under `pretrain.cache_dir`.
@@ -85,14 +142,15 @@ pub struct ImageConfig {
 impl Default for ImageConfig {
     fn default() -> Self {
         Self {
-            reward: ImageReward::Learned,
+            reward: "learned".into(),
             method: Method::Fav,
-            family: ImageFamily::Gan,
+            family: "gan".into(),
             sample_steps: 1,
             draft_multiplier: 1.0,
             draft_k: 0,
             lora_rank: 8,
             lora_alpha: 16.0,
+            lora_init: crate::lora::LoraInit::Kaiming,
             lora_targets: vec!["all".into()],
             weight_decay: 0.01,
             base: String::new(),
@@ -113,7 +171,7 @@ impl Default for ImageConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// `vae`, `drift` or `meanflow`.
-    pub family: Family,
+    pub family: String,
     /// Sampling steps (MeanFlow: 1–16; the one-step families need 1).
     pub sample_steps: usize,
     /// A base checkpoint (safetensors of the generator network). Empty: pretrain, and cache.
@@ -185,6 +243,14 @@ impl Default for CheckpointConfig {
     }
 }
 
+/// FAV or the DRaFT baseline (spec §12) in the same harness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Fav,
+    Draft,
+}
+
 /// How the reward gradient `g` reaches SVGD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -210,8 +276,8 @@ impl Default for Config {
             task: Task::Toy,
             seed: 0,
             steps: 1500,
-            device: "cpu".into(),
-            comm: "auto".into(),
+            device: DeviceKind::Cpu,
+            comm: CommKind::Auto,
             model: ModelConfig::default(),
             pretrain: PretrainConfig::default(),
             fav: FavConfig::default(),
@@ -224,7 +290,7 @@ impl Default for Config {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { family: Family::Vae, sample_steps: 1, base: String::new() }
+        Self { family: "vae".into(), sample_steps: 1, base: String::new() }
     }
 }
 
@@ -271,7 +337,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn err(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), reason: reason.into() }
 }
 
@@ -292,21 +358,10 @@ fn positive_f(key: &str, v: f64) -> Result<(), ConfigError> {
 }
 
 impl Config {
-    /// Every impossible value is refused here, before any work, naming its key.
+    /// Every impossible value is refused here, before any work, naming its key. The names of
+    /// families and rewards, and what depends on them, are the registries' to check
+    /// ([`crate::validate`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let m = &self.model;
-        match m.family {
-            Family::Meanflow if !(1..=64).contains(&m.sample_steps) => {
-                return Err(err("model.sample_steps", format!("MeanFlow needs 1–64 steps, got {}", m.sample_steps)))
-            }
-            Family::Vae | Family::Drift if m.sample_steps != 1 => {
-                return Err(err(
-                    "model.sample_steps",
-                    format!("{:?} is a one-step generator; got {}", m.family, m.sample_steps),
-                ))
-            }
-            _ => {}
-        }
         let p = &self.pretrain;
         positive("pretrain.batch", p.batch)?;
         positive("pretrain.eval_every", p.eval_every)?;
@@ -332,9 +387,8 @@ impl Config {
                 .unwrap_or("temps_kde");
             err(&format!("fav.{key}"), e)
         })?;
-        self.burn_device()?;
-        if !["auto", "mpi", "nccl"].contains(&self.comm.as_str()) {
-            return Err(err("comm", format!("expected \"auto\", \"mpi\" or \"nccl\", got {:?}", self.comm)));
+        if self.device.is_cuda() && !cfg!(feature = "cuda") {
+            return Err(err("device", "this fav was built without CUDA; rebuild with `--features cuda`"));
         }
         positive("eval.every", self.eval.every)?;
         positive("checkpoint.keep", self.checkpoint.keep)?;
@@ -356,15 +410,9 @@ impl Config {
 
     fn validate_image(&self) -> Result<(), ConfigError> {
         let (i, f) = (&self.image, &self.fav);
-        let classes = crate::images::shapes::CLASSES.len();
+        let classes = crate::data::shapes::CLASSES.len();
         if !classes.is_multiple_of(f.conditions) {
             return Err(err("fav.conditions", format!("must divide the {classes} classes, got {}", f.conditions)));
-        }
-        if i.reward != ImageReward::Learned && f.reward_grad != RewardGrad::Nes {
-            return Err(err("fav.reward_grad", format!("{:?} is black-box: it needs \"nes\"", i.reward)));
-        }
-        if i.method == Method::Draft && i.reward != ImageReward::Learned {
-            return Err(err("image.method", "draft backpropagates the reward: it needs image.reward = \"learned\""));
         }
         if !self.eval.samples.is_multiple_of(classes) || self.eval.samples < 2 * classes {
             return Err(err(
@@ -378,26 +426,12 @@ impl Config {
         if !(i.weight_decay.is_finite() && i.weight_decay >= 0.0) {
             return Err(err("image.weight_decay", format!("must be ≥ 0, got {}", i.weight_decay)));
         }
-        match i.family {
-            ImageFamily::Gan if i.sample_steps != 1 => {
-                return Err(err("image.sample_steps", format!("the GAN generator is one-step, got {}", i.sample_steps)))
-            }
-            ImageFamily::Meanflow if !(1..=4).contains(&i.sample_steps) => {
-                return Err(err(
-                    "image.sample_steps",
-                    format!("MeanFlow images sample in 1–4 steps, got {}", i.sample_steps),
-                ))
-            }
-            _ => {}
-        }
         if i.draft_k > i.sample_steps {
             return Err(err(
                 "image.draft_k",
                 format!("cannot exceed image.sample_steps = {}, got {}", i.sample_steps, i.draft_k),
             ));
         }
-        crate::lora::Targets::parse(&i.lora_targets, &i.family.layer_paths())
-            .map_err(|e| err("image.lora_targets", e))?;
         positive("image.gan_batch", i.gan_batch)?;
         positive("image.meanflow_batch", i.meanflow_batch)?;
         positive("image.reward_batch", i.reward_batch)?;
@@ -407,19 +441,20 @@ impl Config {
         Ok(())
     }
 
-    /// The burn device named by `device`.
-    pub fn burn_device(&self) -> Result<Device, ConfigError> {
-        let bad = || err("device", format!("expected \"cpu\", \"cuda\" or \"cuda:N\", got {:?}", self.device));
-        match self.device.as_str() {
-            "cpu" => Ok(Device::flex()),
-            s if s == "cuda" || s.starts_with("cuda:") => {
-                let index: usize = match s.strip_prefix("cuda:") {
-                    Some(i) => i.parse().map_err(|_| bad())?,
-                    None => 0,
-                };
-                cuda_device(index)
-            }
-            _ => Err(bad()),
+    /// The burn device of `device` (on a CUDA device, `index` is the launcher's choice when the
+    /// config names none).
+    pub fn burn_device(&self, index: usize) -> burn::tensor::Device {
+        match self.device {
+            DeviceKind::Cpu => burn::tensor::Device::flex(),
+            DeviceKind::Cuda(i) => cuda_device(i.unwrap_or(index)),
+        }
+    }
+
+    /// The generator family of the job's task.
+    pub fn family(&self) -> &str {
+        match self.task {
+            Task::Toy => &self.model.family,
+            Task::Image => &self.image.family,
         }
     }
 
@@ -438,11 +473,11 @@ impl Config {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_device(index: usize) -> Result<Device, ConfigError> {
-    Ok(Device::cuda(index))
+fn cuda_device(index: usize) -> burn::tensor::Device {
+    burn::tensor::Device::cuda(index)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_device(_index: usize) -> Result<Device, ConfigError> {
-    Err(err("device", "this fav was built without CUDA; rebuild with `--features cuda`"))
+fn cuda_device(_index: usize) -> burn::tensor::Device {
+    unreachable!("validated: a build without CUDA refuses device = \"cuda\"")
 }

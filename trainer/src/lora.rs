@@ -1,45 +1,89 @@
-//! Low-rank adapters (LoRA) on linear and convolution weights (spec §8). A layer is trained
-//! plainly (pretraining), then [`adapt`](LoraLinear::adapt)ed: its base weights are frozen and
-//! `(α/r)·B A` is added, with `A` small and random and `B` zero, so the adapted network starts
-//! exactly at its base. With the adapter switched off it *is* the base — the reference model of
-//! FAV. [`merged`](LoraLinear::merged) folds the adapter into the base weight for inference, and
-//! [`lora_tensors`](LoraLinear::lora_tensors) names the adapter the PEFT way
-//! (`<path>.lora_A.weight` `[r, in…]`, `<path>.lora_B.weight` `[out, r…]`).
+//! Low-rank adapters (LoRA) applied from outside to any module, by module path (spec §8, §11).
+//!
+//! A model is written plainly (burn `Linear`, `Conv2d`, …) and knows nothing of adapters.
+//! [`adapt`] freezes every parameter and reparameterises the weights of the targeted layers as
+//! `W + (α/r)·ΔW`: linear weights through burn's own [`Lora`] (`Module::apply_lora`, factors
+//! `A [in, r]`, `B [r, out]`), convolution kernels through [`ConvLora`] here (`A [r, in, kh, kw]`,
+//! `B [out, r, 1, 1]`, PEFT's layout). `B` starts at zero, so the adapted model *is* its base
+//! until it trains; `A` is drawn as PEFT draws it: Kaiming-uniform `U(±1/√fan_in)` (PEFT's
+//! default) or `N(0, 1/r)` ("gaussian", what the text-to-image reference uses, §11.1). The
+//! reference model of FAV is the base itself (the adapters off). [`merged`] folds the adapters into the weights for inference, and
+//! [`peft_tensors`] names them as PEFT does (`<path>.lora_A.weight` `[r, in…]`,
+//! `<path>.lora_B.weight` `[out, r…]`), so diffusers and PEFT load them back.
 
-use burn::module::{Module, Param};
-use burn::nn::conv::Conv2d;
-use burn::nn::Linear;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup, Reparameterization, Reparameterizer};
+use burn::tensor::{Distribution, Tensor, TensorData};
 
-/// Adapter shape: rank and scale `α / r`.
+/// How the `A` factors start (`B` starts at zero either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraInit {
+    /// PEFT's default: `U(−1/√fan_in, 1/√fan_in)` (Kaiming-uniform with a = √5).
+    Kaiming,
+    /// PEFT's `init_lora_weights="gaussian"`: `N(0, 1/r)`.
+    Gaussian,
+}
+
+/// Adapter shape: rank, scale `α / r`, and how `A` starts.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {
     pub rank: usize,
-    pub alpha: f32,
+    pub alpha: f64,
+    pub init: LoraInit,
 }
 
 impl LoraConfig {
-    pub fn scale(&self) -> f32 {
-        self.alpha / self.rank as f32
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
     }
 }
 
-/// `A` is drawn from U(−1/√fan_in, 1/√fan_in) (PEFT's Kaiming-uniform with a = √5), `B` is zero.
-fn init_a<const D: usize>(shape: [usize; D], fan_in: usize, device: &Device) -> Param<Tensor<D>> {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    Param::from_tensor(Tensor::random(shape, Distribution::Uniform(-bound, bound), device))
+/// Collects `(parameter path, dims)` of every float parameter, adapter factors included.
+#[derive(Default)]
+struct Params {
+    path: Vec<String>,
+    out: Vec<(String, Vec<usize>, Vec<f32>)>,
+    values: bool,
 }
 
-/// Which layers of a generator get adapters, by module path (`fc`, `convs.2`, …).
+impl ModuleVisitor for Params {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        let t = p.val();
+        let values = if self.values { crate::tensors::to_vec(&t) } else { Vec::new() };
+        self.out.push((self.path.join("."), t.dims().to_vec(), values));
+    }
+}
+
+fn params<M: Module>(module: &M, values: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut v = Params { values, ..Params::default() };
+    module.visit(&mut v);
+    v.out
+}
+
+/// The module paths of the layers that can carry an adapter: every layer with a 2-D (linear) or
+/// 4-D (2-D convolution) `weight`, in module order.
+pub fn layers<M: Module>(module: &M) -> Vec<String> {
+    params(module, false)
+        .into_iter()
+        .filter(|(p, dims, _)| matches!(dims.len(), 2 | 4) && p.ends_with(".weight"))
+        .map(|(p, _, _)| p.trim_end_matches(".weight").to_string())
+        .collect()
+}
+
+/// Which layers get adapters, by module path (`fc`, `convs.2`, …).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Targets(pub Vec<String>);
 
 impl Targets {
-    /// Resolve config names against a generator's adaptable `layers`: a name is a layer path, a
-    /// group (`convs` selects every `convs.N`), or `all`. An unknown name is an error naming it
-    /// and the valid ones.
+    /// Resolve config names against a model's adaptable `layers`: a name is a layer path, a
+    /// group (`convs` selects every `convs.N`, `down` every `down.…`), or `all`. An unknown name
+    /// is an error naming it and the valid ones.
     pub fn parse(names: &[String], layers: &[String]) -> Result<Self, String> {
         if names.is_empty() {
             return Err("name at least one layer".into());
@@ -54,21 +98,151 @@ impl Targets {
         Ok(Self(chosen))
     }
 
-    pub fn wants(&self, path: &str) -> bool {
-        self.0.iter().any(|p| p == path)
+    fn weight_paths(&self) -> Vec<String> {
+        self.0.iter().map(|l| format!("{l}.weight")).collect()
     }
+}
+
+/// The adapter of a convolution kernel `[out, in/groups, kh, kw]`: `ΔW = scale · B·A` with `A`
+/// a convolution into `r` channels and `B` a 1×1 convolution out of them (PEFT's conv LoRA; in
+/// weight space it covers grouped kernels too).
+#[derive(Module, Debug)]
+pub struct ConvLora {
+    /// `[r, in/groups, kh, kw]`.
+    pub a: Param<Tensor<4>>,
+    /// `[out, r, 1, 1]`.
+    pub b: Param<Tensor<4>>,
+    pub scale: f64,
+}
+
+impl Reparameterization for ConvLora {
+    const NAME: &'static str = "lora";
+
+    fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
+        let [out, r, _, _] = self.b.dims();
+        let [_, i, kh, kw] = self.a.dims();
+        let delta = self.b.val().reshape([out, r]).matmul(self.a.val().reshape([r, i * kh * kw]));
+        let shape = base.shape();
+        base + delta.mul_scalar(self.scale).reshape(shape)
+    }
+}
+
+/// Attaches [`ConvLora`] to the targeted 4-D weights (the base is already frozen).
+struct ConvLoraizer {
+    cfg: LoraConfig,
+    targets: Vec<String>,
+}
+
+impl Reparameterizer for ConvLoraizer {
+    type Reparam = ConvLora;
+
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<ConvLora>) {
+        if D != 4 || !self.targets.iter().any(|t| t == path) {
+            return (param, None);
+        }
+        let dims = param.val().dims();
+        let device = param.val().device();
+        let r = self.cfg.rank;
+        let std = 1.0 / r as f64;
+        let a = Tensor::<4>::random([r, dims[1], dims[2], dims[3]], Distribution::Normal(0.0, std), &device);
+        let b = Tensor::<4>::zeros([dims[0], r, 1, 1], &device);
+        (param, Some(ConvLora { a: Param::from_tensor(a), b: Param::from_tensor(b), scale: self.cfg.scale() }))
+    }
+}
+
+/// Freeze every parameter of `module` and attach adapters to the `targets` layers. The `A`
+/// factors are drawn from the device generator of `device`, seeded with `seed`, layer by layer
+/// in module order, so the same seed gives the same adapters on every rank and every run.
+pub fn adapt<M: Module>(module: M, cfg: LoraConfig, targets: &Targets, seed: u64, device: &burn::tensor::Device) -> M {
+    let weights = targets.weight_paths();
+    device.seed(seed);
+    // burn's Lora adapts the 2-D weights of the group and freezes everything else.
+    let module =
+        module.apply_lora(Lora::new(cfg.rank, cfg.alpha).set_param_group(ParamGroup::from_paths(weights.clone())));
+    let module = module.apply_reparameterization(ConvLoraizer { cfg, targets: weights });
+    match cfg.init {
+        LoraInit::Gaussian => module,
+        LoraInit::Kaiming => {
+            device.seed(seed);
+            module.map(&mut KaimingA::default())
+        }
+    }
+}
+
+/// Redraws every adapter's `A` from `U(±1/√fan_in)` in module order, drawing PEFT's layout
+/// (`[r, in]`, `[r, in, kh, kw]`) and storing burn's (a linear `A` is `[in, r]`).
+#[derive(Default)]
+struct KaimingA(Vec<String>);
+
+impl burn::module::ModuleMapper for KaimingA {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.0.pop();
+    }
+    fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !self.0.join(".").ends_with("lora.a") {
+            return p;
+        }
+        let t = p.val();
+        let (dims, device) = (t.dims(), t.device());
+        let value = match D {
+            2 => {
+                let [d_in, r] = [dims[0], dims[1]];
+                let bound = 1.0 / (d_in as f64).sqrt();
+                Tensor::<2>::random([r, d_in], Distribution::Uniform(-bound, bound), &device)
+                    .transpose()
+                    .reshape(t.shape())
+            }
+            _ => {
+                let fan_in: usize = dims[1..].iter().product();
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                Tensor::<D>::random(t.shape(), Distribution::Uniform(-bound, bound), &device)
+            }
+        };
+        Param::initialized(p.id, value).set_require_grad(true)
+    }
+}
+
+/// The adapters folded into the weights: a plain module with the base's names and shapes.
+pub fn merged<M: Module>(module: &M) -> M {
+    module.valid().materialize()
 }
 
 /// One named tensor for export: name, shape, row-major values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
-fn named<const D: usize>(name: String, t: &Tensor<D>) -> NamedTensor {
-    let data: TensorData = t.to_data().convert::<f32>();
-    let shape = data.shape().to_vec();
-    (name, shape, data.try_into_vec::<f32>().expect("f32 tensor"))
+/// The adapters under PEFT names, unscaled (rank and α go in the adapter config), in module
+/// order: `lora_A.weight` `[r, in]` / `[r, in, kh, kw]`, `lora_B.weight` `[out, r]` / `[out, r, 1, 1]`.
+pub fn peft_tensors<M: Module>(module: &M) -> Vec<NamedTensor> {
+    let mut out = Vec::new();
+    for (path, dims, values) in params(module, true) {
+        let Some((layer, factor)) = path
+            .strip_suffix(".weight.lora.a")
+            .map(|l| (l, 'A'))
+            .or_else(|| path.strip_suffix(".weight.lora.b").map(|l| (l, 'B')))
+        else {
+            continue;
+        };
+        let (shape, values) = match dims.len() {
+            // burn's linear factors are the transposes of PEFT's: A [in, r] → [r, in].
+            2 => {
+                let t = Tensor::<2>::from_data(TensorData::new(values, [dims[0], dims[1]]), &Default::default());
+                (vec![dims[1], dims[0]], crate::tensors::to_vec(&t.transpose()))
+            }
+            _ => (dims, values),
+        };
+        out.push((format!("{layer}.lora_{factor}.weight"), shape, values));
+    }
+    out
 }
 
-/// Named tensors as f32 safetensors bytes, with `format = pt` metadata as PEFT writes it.
+/// Named f32 tensors as safetensors bytes, with `format = pt` metadata as PEFT writes it.
 pub fn tensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>, String> {
     use safetensors::tensor::{Dtype, TensorView};
     let bytes: Vec<Vec<u8>> =
@@ -83,277 +257,124 @@ pub fn tensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>, String> {
     safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
 }
 
-/// Write named tensors as a safetensors file (atomically: temporary file, then rename).
-pub fn save_tensors(tensors: &[NamedTensor], path: &std::path::Path) -> Result<(), String> {
-    crate::io::write_atomic(path, &tensors_bytes(tensors)?).map_err(|e| e.to_string())
-}
-
-/// `<path>.lora_A.weight` and `<path>.lora_B.weight`.
-fn peft_pair<const D: usize>(path: &str, a: &Param<Tensor<D>>, b: &Param<Tensor<D>>) -> Vec<NamedTensor> {
-    vec![named(format!("{path}.lora_A.weight"), &a.val()), named(format!("{path}.lora_B.weight"), &b.val())]
-}
-
-/// The adapter of a linear layer.
-#[derive(Module, Debug)]
-pub struct LinearAdapter {
-    /// `[rank, in]`.
-    pub a: Param<Tensor<2>>,
-    /// `[out, rank]`.
-    pub b: Param<Tensor<2>>,
-    pub scale: f32,
-    /// Off: the layer is its base.
-    pub enabled: bool,
-}
-
-/// A linear layer that can carry an adapter.
-#[derive(Module, Debug)]
-pub struct LoraLinear {
-    pub base: Linear,
-    pub lora: Option<LinearAdapter>,
-}
-
-impl LoraLinear {
-    /// A plain, trainable layer (no adapter yet).
-    pub fn plain(base: Linear) -> Self {
-        Self { base, lora: None }
-    }
-
-    /// Freeze the base without an adapter (a layer LoRA does not target).
-    pub fn frozen(self) -> Self {
-        Self { base: self.base.no_grad(), lora: None }
-    }
-
-    /// Freeze the base and attach a fresh adapter.
-    pub fn adapt(self, cfg: LoraConfig, device: &Device) -> Self {
-        let [d_in, d_out] = self.base.weight.dims();
-        let lora = LinearAdapter {
-            a: init_a([cfg.rank, d_in], d_in, device),
-            b: Param::from_tensor(Tensor::zeros([d_out, cfg.rank], device)),
-            scale: cfg.scale(),
-            enabled: true,
-        };
-        Self { base: self.base.no_grad(), lora: Some(lora) }
-    }
-
-    /// Switch the adapter on or off (off: the reference model).
-    pub fn set_enabled(&mut self, on: bool) {
-        if let Some(l) = &mut self.lora {
-            l.enabled = on;
-        }
-    }
-
-    /// `x: [batch, in]`.
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = self.base.forward(x.clone());
-        match &self.lora {
-            // burn stores linear weights as [in, out] (x·W); the adapter path is x·Aᵀ·Bᵀ.
-            Some(l) if l.enabled => {
-                y + x.matmul(l.a.val().transpose()).matmul(l.b.val().transpose()).mul_scalar(l.scale)
-            }
-            _ => y,
-        }
-    }
-
-    /// Adapt when `targets` names `path`, else freeze.
-    pub fn adapt_if(self, path: &str, targets: &Targets, cfg: LoraConfig, device: &Device) -> Self {
-        if targets.wants(path) {
-            self.adapt(cfg, device)
-        } else {
-            self.frozen()
-        }
-    }
-
-    /// The layer's derivative along `dx` (forward-mode): the layer without its bias.
-    pub fn tangent(&self, dx: Tensor<2>) -> Tensor<2> {
-        let y = self.forward(dx);
-        match &self.base.bias {
-            Some(b) => y - b.val().unsqueeze::<2>(),
-            None => y,
-        }
-    }
-
-    /// The base layer with `(α/r)·B A` folded into its weight.
-    pub fn merged(&self) -> Linear {
-        let mut m = self.base.clone();
-        if let Some(l) = &self.lora {
-            let delta = l.b.val().matmul(l.a.val()).mul_scalar(l.scale); // [out, in]
-            m.weight = Param::from_tensor(m.weight.val() + delta.transpose());
-        }
-        m
-    }
-
-    /// The adapter's tensors under PEFT names, unscaled (α and r go in the adapter config).
-    pub fn lora_tensors(&self, path: &str) -> Vec<NamedTensor> {
-        self.lora.as_ref().map_or_else(Vec::new, |l| peft_pair(path, &l.a, &l.b))
-    }
-}
-
-/// The adapter of a convolution: `A` convolves like the base into `rank` channels, `B` is 1×1.
-#[derive(Module, Debug)]
-pub struct ConvAdapter {
-    /// `[rank, in, kh, kw]`.
-    pub a: Param<Tensor<4>>,
-    /// `[out, rank, 1, 1]`.
-    pub b: Param<Tensor<4>>,
-    pub scale: f32,
-    pub enabled: bool,
-}
-
-/// A 2-D convolution that can carry an adapter.
-#[derive(Module, Debug)]
-pub struct LoraConv2d {
-    pub base: Conv2d,
-    pub lora: Option<ConvAdapter>,
-}
-
-impl LoraConv2d {
-    pub fn plain(base: Conv2d) -> Self {
-        Self { base, lora: None }
-    }
-
-    /// Freeze the base without an adapter (a layer LoRA does not target).
-    pub fn frozen(self) -> Self {
-        Self { base: self.base.no_grad(), lora: None }
-    }
-
-    /// Freeze the base and attach a fresh adapter.
-    pub fn adapt(self, cfg: LoraConfig, device: &Device) -> Self {
-        assert_eq!(self.base.groups, 1, "LoRA on grouped convolutions is not supported");
-        let [d_out, d_in, kh, kw] = self.base.weight.dims();
-        let lora = ConvAdapter {
-            a: init_a([cfg.rank, d_in, kh, kw], d_in * kh * kw, device),
-            b: Param::from_tensor(Tensor::zeros([d_out, cfg.rank, 1, 1], device)),
-            scale: cfg.scale(),
-            enabled: true,
-        };
-        Self { base: self.base.no_grad(), lora: Some(lora) }
-    }
-
-    pub fn set_enabled(&mut self, on: bool) {
-        if let Some(l) = &mut self.lora {
-            l.enabled = on;
-        }
-    }
-
-    /// `x: [batch, in, h, w]`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.base.forward(x.clone());
-        let Some(l) = self.lora.as_ref().filter(|l| l.enabled) else { return y };
-        let b = &self.base;
-        // A convolves like the base (kernel, stride, dilation, padding), into `rank` channels.
-        let a = Conv2d {
-            weight: l.a.clone(),
-            bias: None,
-            stride: b.stride,
-            kernel_size: b.kernel_size,
-            dilation: b.dilation,
-            groups: 1,
-            padding: b.padding.clone(),
-        };
-        let up = conv2d(a.forward(x), l.b.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
-        y + up.mul_scalar(l.scale)
-    }
-
-    /// Adapt when `targets` names `path`, else freeze.
-    pub fn adapt_if(self, path: &str, targets: &Targets, cfg: LoraConfig, device: &Device) -> Self {
-        if targets.wants(path) {
-            self.adapt(cfg, device)
-        } else {
-            self.frozen()
-        }
-    }
-
-    /// The convolution's derivative along `dx` (forward-mode): the convolution without its bias.
-    pub fn tangent(&self, dx: Tensor<4>) -> Tensor<4> {
-        let y = self.forward(dx);
-        match &self.base.bias {
-            Some(b) => {
-                let c = b.dims()[0];
-                y - b.val().reshape([1, c, 1, 1])
-            }
-            None => y,
-        }
-    }
-
-    /// The base convolution with `(α/r)·B A` folded into its kernel.
-    pub fn merged(&self) -> Conv2d {
-        let mut m = self.base.clone();
-        if let Some(l) = &self.lora {
-            let [d_out, rank, _, _] = l.b.dims();
-            let [_, d_in, kh, kw] = l.a.dims();
-            let b = l.b.val().reshape([d_out, rank]);
-            let a = l.a.val().reshape([rank, d_in * kh * kw]);
-            let delta = b.matmul(a).reshape([d_out, d_in, kh, kw]).mul_scalar(l.scale);
-            m.weight = Param::from_tensor(m.weight.val() + delta);
-        }
-        m
-    }
-
-    pub fn lora_tensors(&self, path: &str) -> Vec<NamedTensor> {
-        self.lora.as_ref().map_or_else(Vec::new, |l| peft_pair(path, &l.a, &l.b))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::nn::conv::Conv2dConfig;
-    use burn::nn::{LinearConfig, PaddingConfig2d};
+    use burn::nn::conv::{Conv2d, Conv2dConfig};
+    use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+    use burn::optim::GradientsParams;
+    use burn::tensor::Device;
 
-    fn close(a: Tensor<2>, b: Tensor<2>) -> f32 {
-        (a - b).abs().max().into_scalar::<f32>()
+    #[derive(Module, Debug)]
+    struct Net {
+        fc: Linear,
+        convs: Vec<Conv2d>,
     }
 
-    /// Starts at the base; after B moves, forward equals the merged layer's forward (to float
-    /// rounding, 1e-5 on O(1) values); off means base; PEFT names and shapes.
+    impl Net {
+        fn new(device: &Device) -> Self {
+            let conv = |i, o| Conv2dConfig::new([i, o], [3, 3]).with_padding(PaddingConfig2d::Same).init(device);
+            Self { fc: LinearConfig::new(6, 4).init(device), convs: vec![conv(3, 5), conv(5, 2)] }
+        }
+
+        fn forward(&self, v: Tensor<2>, img: Tensor<4>) -> (Tensor<2>, Tensor<4>) {
+            (self.fc.forward(v), self.convs[1].forward(self.convs[0].forward(img)))
+        }
+    }
+
+    fn max_abs<const D: usize>(t: Tensor<D>) -> f32 {
+        t.abs().max().into_scalar::<f32>()
+    }
+
+    fn all(net: &Net) -> Targets {
+        Targets::parse(&["all".to_string()], &layers(net)).unwrap()
+    }
+
+    /// Every layer found by path; at init the adapted model equals the base bit for bit; after
+    /// B moves, the merged model reproduces the adapted one (1e-5 on O(1) values: the same sums
+    /// in another order); PEFT names and shapes.
     #[test]
-    fn linear_adapter_starts_at_base_merges_exactly_and_exports_peft_names() {
+    fn adapters_start_at_the_base_merge_exactly_and_export_peft_names() {
         let dev = Device::flex();
-        let cfg = LoraConfig { rank: 4, alpha: 8.0 };
-        let base = LinearConfig::new(16, 8).init(&dev);
-        let mut l = LoraLinear::plain(base.clone()).adapt(cfg, &dev);
-        let x = Tensor::<2>::random([5, 16], Distribution::Normal(0.0, 1.0), &dev);
-        assert_eq!(close(l.forward(x.clone()), base.forward(x.clone())), 0.0);
-        l.lora.as_mut().unwrap().b = Param::from_tensor(Tensor::random([8, 4], Distribution::Normal(0.0, 0.5), &dev));
-        let adapted = l.forward(x.clone());
-        assert!(close(adapted.clone(), base.forward(x.clone())) > 1e-2, "the adapter changes the output");
-        assert!(close(adapted, l.merged().forward(x.clone())) < 1e-5);
-        let t = l.lora_tensors("fc");
-        assert_eq!((t[0].0.as_str(), t[0].1.as_slice()), ("fc.lora_A.weight", &[4usize, 16][..]));
-        assert_eq!((t[1].0.as_str(), t[1].1.as_slice()), ("fc.lora_B.weight", &[8usize, 4][..]));
-        l.set_enabled(false);
-        assert_eq!(close(l.forward(x.clone()), base.forward(x)), 0.0);
-        assert!(LoraLinear::plain(base).lora_tensors("fc").is_empty());
+        dev.seed(3);
+        let base = Net::new(&dev);
+        assert_eq!(layers(&base), vec!["fc", "convs.0", "convs.1"]);
+        let v = Tensor::<2>::random([5, 6], Distribution::Normal(0.0, 1.0), &dev);
+        let img = Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+        let (v0, i0) = base.forward(v.clone(), img.clone());
+        let cfg = LoraConfig { rank: 2, alpha: 4.0, init: LoraInit::Kaiming };
+        let mut net = adapt(base.clone(), cfg, &all(&base), 9, &dev);
+        let (v1, i1) = net.forward(v.clone(), img.clone());
+        assert_eq!((max_abs(v0.clone() - v1), max_abs(i0.clone() - i1)), (0.0, 0.0), "B = 0: the base itself");
+
+        // Move every B factor away from zero.
+        #[derive(Default)]
+        struct MoveB(Vec<String>);
+        impl burn::module::ModuleMapper for MoveB {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.0.push(name.to_string());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.0.pop();
+            }
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                if !self.0.join(".").ends_with("lora.b") {
+                    return p;
+                }
+                let t = p.val();
+                Param::initialized(p.id, Tensor::random(t.shape(), Distribution::Normal(0.0, 0.5), &t.device()))
+            }
+        }
+        net = net.map(&mut MoveB::default());
+        let (v2, i2) = net.forward(v.clone(), img.clone());
+        assert!(max_abs(v2.clone() - v0) > 1e-2 && max_abs(i2.clone() - i0) > 1e-2, "the adapters change the output");
+        let m = merged(&net);
+        let (v3, i3) = m.forward(v, img);
+        assert!(max_abs(v2 - v3) < 1e-5 && max_abs(i2 - i3) < 1e-5);
+        assert_eq!(layers(&m), layers(&base), "merged: the base's names");
+
+        let t = peft_tensors(&net);
+        let names: Vec<(&str, &[usize])> = t.iter().map(|(n, s, _)| (n.as_str(), s.as_slice())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("fc.lora_A.weight", &[2usize, 6][..]),
+                ("fc.lora_B.weight", &[4, 2][..]),
+                ("convs.0.lora_A.weight", &[2, 3, 3, 3][..]),
+                ("convs.0.lora_B.weight", &[5, 2, 1, 1][..]),
+                ("convs.1.lora_A.weight", &[2, 5, 3, 3][..]),
+                ("convs.1.lora_B.weight", &[2, 2, 1, 1][..]),
+            ]
+        );
     }
 
+    /// Only the adapters of the targeted layers train; every base weight is frozen.
     #[test]
-    fn conv_adapter_merges_exactly() {
-        let dev = Device::flex();
-        let cfg = LoraConfig { rank: 2, alpha: 2.0 };
-        let base = Conv2dConfig::new([3, 6], [3, 3]).with_padding(PaddingConfig2d::Same).init(&dev);
-        let mut c = LoraConv2d::plain(base.clone()).adapt(cfg, &dev);
-        c.lora.as_mut().unwrap().b =
-            Param::from_tensor(Tensor::random([6, 2, 1, 1], Distribution::Normal(0.0, 0.5), &dev));
-        let x = Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
-        let flat = |t: Tensor<4>| t.reshape([2, 6 * 64]);
-        assert!(close(flat(c.forward(x.clone())), flat(base.forward(x.clone()))) > 1e-2);
-        assert!(close(flat(c.forward(x.clone())), flat(c.merged().forward(x))) < 1e-5);
-        let t = c.lora_tensors("convs.0");
-        assert_eq!(t[0].1, vec![2, 3, 3, 3]);
-        assert_eq!(t[1].1, vec![6, 2, 1, 1]);
-    }
-
-    /// A plain layer trains its base; an adapted one only its adapter.
-    #[test]
-    fn only_adapters_get_gradients_once_adapted() {
+    fn only_targeted_adapters_get_gradients() {
         let dev = Device::flex().autodiff();
-        let x = Tensor::<2>::random([6, 4], Distribution::Normal(0.0, 1.0), &dev);
-        let plain = LoraLinear::plain(LinearConfig::new(4, 3).init(&dev));
-        let grads = plain.forward(x.clone()).sum().backward();
-        assert!(plain.base.weight.val().grad(&grads).is_some(), "a plain layer trains");
-        let l = plain.adapt(LoraConfig { rank: 2, alpha: 2.0 }, &dev);
-        let grads = l.forward(x).sum().backward();
-        assert!(l.lora.as_ref().unwrap().b.val().grad(&grads).is_some(), "B (zero-initialised) gets a gradient");
-        assert!(l.base.weight.val().grad(&grads).is_none(), "the base is frozen");
+        let base = Net::new(&dev);
+        let targets = Targets::parse(&["convs.1".to_string()], &layers(&base)).unwrap();
+        let cfg = LoraConfig { rank: 2, alpha: 2.0, init: LoraInit::Gaussian };
+        let net = adapt(base, cfg, &targets, 1, &dev).train();
+        let v = Tensor::<2>::ones([3, 6], &dev);
+        let img = Tensor::<4>::ones([1, 3, 4, 4], &dev);
+        let (a, b) = net.forward(v, img);
+        let grads = GradientsParams::from_grads((a.sum() + b.sum()).backward(), &net);
+        assert_eq!(params(&net, false).len(), 8, "fc w/b, convs.0 w/b, convs.1 w/b and its A, B");
+        assert_eq!(grads.len(), 2, "A and B of convs.1 only");
+    }
+
+    #[test]
+    fn targets_parse_groups_and_refuse_unknown_names() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let layers = names(&["fc", "convs.0", "convs.1", "convs.10"]);
+        assert_eq!(Targets::parse(&names(&["fc", "convs"]), &layers).unwrap().0, layers);
+        assert_eq!(Targets::parse(&names(&["all"]), &layers).unwrap().0, layers);
+        let t = Targets::parse(&names(&["convs.1"]), &layers).unwrap();
+        assert_eq!(t.0, names(&["convs.1"]), "convs.1 is not a prefix of convs.10");
+        let e = Targets::parse(&names(&["attn"]), &layers).unwrap_err();
+        assert!(e.contains("\"attn\"") && e.contains("convs.10"), "{e}");
+        assert!(Targets::parse(&names(&["conv"]), &layers).is_err(), "a prefix is not a group");
+        assert!(Targets::parse(&[], &layers).is_err());
     }
 }

@@ -3,8 +3,8 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor, TensorData};
+use bytes::Bytes;
 use fav_comm::{Collective, CommError};
 use sha2::{Digest, Sha256};
 
@@ -113,12 +113,12 @@ pub fn digest<M: Module>(module: &M) -> [u8; 8] {
     h.finalize()[..8].try_into().expect("8 bytes")
 }
 
-/// Compare parameter digests across ranks; `Err` names the ranks that differ from rank 0.
-pub fn check_in_sync<M: Module>(module: &M, comm: &dyn Collective, step: usize) -> Result<(), String> {
+/// Compare parameter digests ([`digest`]) across ranks; `Err` names the ranks that differ from
+/// rank 0.
+pub fn check_in_sync(mine: [u8; 8], comm: &dyn Collective, step: usize) -> Result<(), String> {
     if comm.size() == 1 {
         return Ok(());
     }
-    let mine = digest(module);
     let as_f32: Vec<f32> = mine.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f32).collect();
     let all = comm.all_gather(&as_f32).map_err(|e| e.to_string())?;
     let blocks: Vec<&[f32]> = all.chunks(as_f32.len()).collect();
@@ -131,30 +131,45 @@ pub fn check_in_sync<M: Module>(module: &M, comm: &dyn Collective, step: usize) 
 }
 
 /// Make every rank's `module` equal to rank 0's, sent as safetensors bytes.
-pub fn broadcast_module<M: Module + ModuleSnapshot>(
-    module: M,
-    comm: &dyn Collective,
-) -> Result<M, Box<dyn std::error::Error>> {
+pub fn broadcast_module<M: Module>(module: M, comm: &dyn Collective) -> Result<M, String> {
     if comm.size() == 1 {
         return Ok(module);
     }
-    let mut bytes = Vec::new();
-    if comm.rank() == 0 {
-        let mut store = SafetensorsStore::from_bytes(None);
-        module.save_into(&mut store)?;
-        bytes = store.get_bytes()?;
-    }
-    let mut len = (bytes.len() as u64).to_le_bytes();
-    comm.broadcast(&mut len, 0)?;
-    bytes.resize(u64::from_le_bytes(len) as usize, 0);
-    comm.broadcast(&mut bytes, 0)?;
+    let mut bytes = if comm.rank() == 0 { crate::weights::to_bytes(&module)? } else { Vec::new() };
+    broadcast_bytes(&mut bytes, comm).map_err(|e| e.to_string())?;
     if comm.rank() == 0 {
         return Ok(module);
     }
-    let mut module = module;
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
-    module.load_from(&mut store)?;
-    Ok(module)
+    crate::weights::from_bytes(module, &bytes, "rank 0's broadcast").map_err(|e| e.to_string())
+}
+
+/// Rank 0's `bytes` (any length) on every rank.
+fn broadcast_bytes(bytes: &mut Vec<u8>, comm: &dyn Collective) -> Result<(), CommError> {
+    let mut len = (bytes.len() as u64).to_le_bytes();
+    comm.broadcast(&mut len, 0)?;
+    bytes.resize(u64::from_le_bytes(len) as usize, 0);
+    comm.broadcast(bytes, 0)
+}
+
+/// Send rank 0's optional resume state (step, network record, optimiser state) to every rank.
+pub fn share_resume(
+    comm: &dyn Collective,
+    mine: Option<(usize, &Bytes, &Bytes)>,
+) -> Result<Option<(usize, Bytes, Bytes)>, CommError> {
+    if comm.size() == 1 {
+        return Ok(mine.map(|(s, m, o)| (s, m.clone(), o.clone())));
+    }
+    let mut step = [mine.map_or(0, |(s, _, _)| s as u64 + 1).to_le_bytes()].concat();
+    comm.broadcast(&mut step, 0)?;
+    let step = u64::from_le_bytes(step.try_into().expect("8 bytes"));
+    if step == 0 {
+        return Ok(None);
+    }
+    let mut model = mine.map_or_else(Vec::new, |(_, m, _)| m.to_vec());
+    let mut optim = mine.map_or_else(Vec::new, |(_, _, o)| o.to_vec());
+    broadcast_bytes(&mut model, comm)?;
+    broadcast_bytes(&mut optim, comm)?;
+    Ok(Some((step as usize - 1, Bytes::from(model), Bytes::from(optim))))
 }
 
 /// All ranks' rows of a `[K/G, D]` block, in rank order, on `device`.
@@ -163,8 +178,8 @@ pub fn gather_rows(own: &Tensor<2>, comm: &dyn Collective, device: &Device) -> R
         return Ok(own.clone());
     }
     let [rows, d] = own.dims();
-    let all = comm.all_gather(&crate::svgd::to_vec(own))?;
-    Ok(crate::svgd::matrix(all, rows * comm.size(), d, device))
+    let all = comm.all_gather(&crate::tensors::to_vec(own))?;
+    Ok(crate::tensors::matrix(all, rows * comm.size(), d, device))
 }
 
 /// Whether any rank has `flag` set (a stop was requested): every rank gets the same answer at
@@ -181,7 +196,9 @@ pub fn any_rank(flag: bool, comm: &dyn Collective) -> Result<bool, fav_comm::Com
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generators::{Family, Sampler};
+    use crate::config::Config;
+    use crate::models::toy::VaeDecoder;
+    use crate::models::Family;
 
     /// Rank 0 of a two-rank world whose peer reports `peer` as its digest block.
     struct TwoRanks {
@@ -213,9 +230,9 @@ mod tests {
 
     #[test]
     fn divergence_is_detected_and_named() {
-        let net = Sampler { family: Family::Vae, steps: 1 }.new_net(&Device::flex());
-        check_in_sync(&net, &TwoRanks { peer: None }, 10).unwrap();
-        let e = check_in_sync(&net, &TwoRanks { peer: Some(vec![1.0; 4]) }, 10).unwrap_err();
+        let net = VaeDecoder::init(&Config::default(), &Device::flex());
+        check_in_sync(digest(&net), &TwoRanks { peer: None }, 10).unwrap();
+        let e = check_in_sync(digest(&net), &TwoRanks { peer: Some(vec![1.0; 4]) }, 10).unwrap_err();
         assert!(e.contains("diverged at step 10") && e.contains("[1]"), "{e}");
     }
 
@@ -224,8 +241,8 @@ mod tests {
         // Flatten → (identity all-reduce) → unflatten restores every gradient exactly.
         let dev = Device::flex();
         let ad = dev.clone().autodiff();
-        let net = Sampler { family: Family::Vae, steps: 1 }.new_net(&ad);
-        let x = net.forward(Tensor::<2>::ones([4, 8], &ad));
+        let net = VaeDecoder::init(&Config::default(), &ad);
+        let x = crate::models::mlp::forward(&net.layers, Tensor::<2>::ones([4, 8], &ad));
         let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &net);
         let flat = flatten(&net, &grads);
         assert_eq!(flat.len(), net.num_params());
@@ -234,24 +251,25 @@ mod tests {
 
     #[test]
     fn clipping_bounds_the_global_norm_and_skips_frozen_weights() {
-        use crate::lora::{LoraConfig, LoraLinear};
+        use crate::lora::{adapt, layers, LoraConfig, LoraInit, Targets};
         let dev = Device::flex();
         let ad = dev.clone().autodiff();
-        let layer = LoraLinear::plain(burn::nn::LinearConfig::new(3, 2).init(&ad))
-            .adapt(LoraConfig { rank: 1, alpha: 1.0 }, &ad)
-            .train();
-        let x = layer.forward(Tensor::<2>::ones([4, 3], &ad));
-        let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &layer);
+        let base = VaeDecoder { layers: vec![burn::nn::LinearConfig::new(3, 2).init(&ad)] };
+        let targets = Targets::parse(&["all".to_string()], &layers(&base)).unwrap();
+        let net = adapt(base, LoraConfig { rank: 1, alpha: 1.0, init: LoraInit::Gaussian }, &targets, 1, &dev).train();
+        let out = |net: &VaeDecoder| crate::models::mlp::forward(&net.layers, Tensor::<2>::ones([4, 3], &ad));
+        let x = out(&net);
+        let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &net);
         let one = fav_comm::SingleProcess;
-        // Only the adapter (A: 1×3, B: 2×1) is in the bucket, not the frozen 3×2 weight and bias.
-        assert_eq!(flatten(&layer, &grads).len(), 5);
-        let (_, norm) = all_reduce_grads(&layer, grads, &one, &dev, 0.0).unwrap();
+        // Only the adapter (A: 3×1, B: 1×2) is in the bucket, not the frozen 3×2 weight and bias.
+        assert_eq!(flatten(&net, &grads).len(), 5);
+        let (_, norm) = all_reduce_grads(&net, grads, &one, &dev, 0.0).unwrap();
         assert!(norm > 0.0);
-        let x = layer.forward(Tensor::<2>::ones([4, 3], &ad));
-        let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &layer);
-        let (clipped, before) = all_reduce_grads(&layer, grads, &one, &dev, norm / 4.0).unwrap();
+        let x = out(&net);
+        let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &net);
+        let (clipped, before) = all_reduce_grads(&net, grads, &one, &dev, norm / 4.0).unwrap();
         assert_eq!(before, norm);
-        let after = flatten(&layer, &clipped).iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
+        let after = flatten(&net, &clipped).iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
         assert!((after - norm / 4.0).abs() < 1e-6 * norm, "global norm {after} after clipping to {}", norm / 4.0);
     }
 }

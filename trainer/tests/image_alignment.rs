@@ -10,13 +10,15 @@
 //! 3 standard errors could be chance.
 
 use burn::tensor::Device;
-use fav_trainer::config::{Config, Task};
-use fav_trainer::images::align::{ImageReward, Method};
-use fav_trainer::images::family::{ImageFamily, ImageGenerator};
-use fav_trainer::images::generator::ConvGenerator;
-use fav_trainer::images::job::{run_on, ImageSummary};
-use fav_trainer::job::{Outcome, Quiet, Resume};
+use fav_trainer::config::{Config, Method, Task};
+use fav_trainer::models::image::{ConvGenerator, FlowGenerator};
+use fav_trainer::models::Generator;
+use fav_trainer::observe::Quiet;
+use fav_trainer::rewards::learned::RewardModel;
 use fav_trainer::svgd::{KdeClamp, Repulsion};
+use fav_trainer::tasks::image::eval::Judge;
+use fav_trainer::tasks::image::ImageSummary;
+use fav_trainer::{run_on, Env, Outcome, Resume};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -47,12 +49,25 @@ fn config(cache: &Path) -> Config {
     c
 }
 
+fn env(stop: &AtomicBool) -> Env<'_> {
+    Env { comm: &fav_comm::SingleProcess, resume: Resume::Fresh, stop, device_index: 0 }
+}
+
 fn run(cfg: &Config, out: &Path) -> ImageSummary {
-    match run_on(cfg, out, &mut Quiet, &fav_comm::SingleProcess, &Resume::Fresh, &AtomicBool::new(false)) {
-        Ok(Outcome::Finished(Some(s))) => *s,
+    match run_on(cfg, out, &mut Quiet, &env(&AtomicBool::new(false))) {
+        Ok(Outcome::Finished(Some(r))) => serde_json::from_value(r.summary).expect("an image summary"),
         Ok(_) => panic!("a single process that nothing stops finishes as rank 0"),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// The mean reward of `gen` on the evaluation seeds of `s`'s run (32 per class).
+fn reward_of<G: Generator>(gen: &G, s: &ImageSummary, reward: &str, steps: usize) -> f64 {
+    let dev = Device::flex();
+    let encoder = fav_trainer::weights::load(RewardModel::new(&dev), Path::new(&s.reward_checkpoint)).unwrap();
+    let r = fav_trainer::rewards::image(reward, &encoder).unwrap();
+    let judge = Judge { reward: &r, encoder: &encoder, seed: 0, per_class: 32, sample_steps: steps, device: dev };
+    judge.evaluate(gen).0.reward_mean
 }
 
 fn standard_error(s: &ImageSummary) -> f64 {
@@ -79,22 +94,17 @@ fn fav_draft_and_fav_b_move_the_reward_and_exports_load() {
     }
     assert_eq!(std::fs::read_to_string(d.join("fav/metrics.jsonl")).unwrap().lines().count(), 3, "steps 0, 30, 60");
 
-    // The merged export is a plain generator: it loads by name and is not the base any more.
+    // The merged export is a plain generator: it loads by name and reproduces the adapted one.
     let dev = Device::flex();
-    let load = |p: &Path| ImageGenerator::Gan(fav_trainer::io::load(ConvGenerator::new(&dev), p).unwrap());
-    let merged = load(&d.join("fav/model.safetensors"));
-    let base = load(Path::new(&fav.base_checkpoint));
-    let (e_merged, _) =
-        fav_trainer::images::align::evaluate(&merged, &load_encoder(&fav), ImageReward::Learned, 0, 32, &dev);
+    let load = |p: &Path| fav_trainer::weights::load(ConvGenerator::new(&dev), p).unwrap();
+    let merged = reward_of(&load(&d.join("fav/model.safetensors")), &fav, "learned", 1);
     assert!(
-        (e_merged.reward_mean - fav.final_.reward_mean).abs() < 1e-4,
-        "merged weights reproduce the adapted generator: {} vs {}",
-        e_merged.reward_mean,
+        (merged - fav.final_.reward_mean).abs() < 1e-4,
+        "merged weights reproduce the adapted generator: {merged} vs {}",
         fav.final_.reward_mean
     );
-    let (e_base, _) =
-        fav_trainer::images::align::evaluate(&base, &load_encoder(&fav), ImageReward::Learned, 0, 32, &dev);
-    assert!((e_base.reward_mean - fav.base.reward_mean).abs() < 1e-4);
+    let base = reward_of(&load(Path::new(&fav.base_checkpoint)), &fav, "learned", 1);
+    assert!((base - fav.base.reward_mean).abs() < 1e-4);
     let lora = std::fs::read(d.join("fav/lora.safetensors")).unwrap();
     let lora = safetensors::SafeTensors::deserialize(&lora).unwrap();
     let mut names = lora.names();
@@ -105,10 +115,7 @@ fn fav_draft_and_fav_b_move_the_reward_and_exports_load() {
     // A base file of another model is refused, naming the file and the tensors.
     let mut wrong = cfg.clone();
     wrong.image.base = fav.reward_checkpoint.clone();
-    let e =
-        run_on(&wrong, &d.join("wrong"), &mut Quiet, &fav_comm::SingleProcess, &Resume::Fresh, &AtomicBool::new(false))
-            .unwrap_err()
-            .to_string();
+    let e = run_on(&wrong, &d.join("wrong"), &mut Quiet, &env(&AtomicBool::new(false))).unwrap_err().to_string();
     assert!(e.contains(&fav.reward_checkpoint), "{e}");
 
     let mut draft = cfg.clone();
@@ -118,7 +125,7 @@ fn fav_draft_and_fav_b_move_the_reward_and_exports_load() {
     assert!(draft.final_.reward_mean > draft.base.reward_mean + 3.0 * standard_error(&draft), "{draft:?}");
 
     let mut jpeg = cfg.clone();
-    jpeg.image.reward = ImageReward::JpegCompress;
+    jpeg.image.reward = "jpeg_compress".into();
     jpeg.fav.reward_grad = fav_trainer::config::RewardGrad::Nes;
     jpeg.fav.nes_sigma = 0.005;
     jpeg.fav.beta = 0.01;
@@ -129,7 +136,7 @@ fn fav_draft_and_fav_b_move_the_reward_and_exports_load() {
     // The few-step family: a 2-step MeanFlow base (short pretraining), adapters on every layer,
     // FAV backpropagating through both sampling steps.
     let mut flow = cfg.clone();
-    flow.image.family = ImageFamily::Meanflow;
+    flow.image.family = "meanflow".into();
     flow.image.sample_steps = 2;
     flow.image.meanflow_steps = 300;
     flow.image.lora_targets = vec!["all".into()];
@@ -138,12 +145,7 @@ fn fav_draft_and_fav_b_move_the_reward_and_exports_load() {
     assert!(flow.final_.reward_mean > flow.base.reward_mean + 3.0 * standard_error(&flow), "{flow:?}");
     let lora = std::fs::read(d.join("meanflow/lora.safetensors")).unwrap();
     let n = safetensors::SafeTensors::deserialize(&lora).unwrap().names().len();
-    assert_eq!(n, 2 * ImageFamily::Meanflow.layer_paths().len(), "A and B of every MeanFlow layer");
+    let layers = fav_trainer::lora::layers(&FlowGenerator::new(&Device::flex())).len();
+    assert_eq!(n, 2 * layers, "A and B of every MeanFlow layer");
     let _ = std::fs::remove_dir_all(&d);
-}
-
-fn load_encoder(s: &ImageSummary) -> fav_trainer::images::encoder::RewardModel {
-    let dev = Device::flex();
-    fav_trainer::io::load(fav_trainer::images::encoder::RewardModel::new(&dev), Path::new(&s.reward_checkpoint))
-        .unwrap()
 }

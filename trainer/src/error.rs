@@ -1,0 +1,36 @@
+//! How a job fails: every error names the file, key, rank or step at fault.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("run directory {path}: {reason}")]
+    RunDir { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Layout(String),
+    #[error("communication: {0}")]
+    Comm(#[from] fav_comm::CommError),
+    #[error("rank 0 could not prepare the frozen models (see its log)")]
+    PeerFailed,
+    #[error("cannot share rank 0's {what}: {reason}")]
+    Broadcast { what: &'static str, reason: String },
+    #[error("{0}")]
+    Diverged(String),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error("asked to stop at step {step}, but its checkpoint could not be saved: {reason}")]
+    StopUnsaved { step: usize, reason: String },
+    /// A stop was requested while rank 0 was still training a frozen model (base or reward
+    /// model); nothing is saved, so a rerun trains it again. Becomes `Outcome::StoppedEarly`.
+    #[error("stopped while training the {0}")]
+    StoppedPreparing(&'static str),
+}
+
+/// A run-directory error naming the file.
+pub fn dir_err(path: &Path, e: impl ToString) -> JobError {
+    JobError::RunDir { path: path.to_path_buf(), reason: e.to_string() }
+}

@@ -1,0 +1,427 @@
+//! The one data-parallel FAV step of spec §6, for every task: per condition, K particles split
+//! over G ranks by the global seed layout (§6.3); the own rows generated and mapped to particles
+//! (generator, then φ); the reference set (§8: a pool of frozen-model samples, or the frozen
+//! model itself on its own seeds, gathered); all-gather the particles; each rank scores its own
+//! rows (§6.7) and all-gathers the scores; each rank moves its own rows against the global set;
+//! local loss scale m/(K·C) (§6.5); one SUM all-reduce of the trainable gradients, the global-norm
+//! clip (§6.6) and the same optimiser step everywhere. With G = 1 this is the single-process step.
+//!
+//! The DRaFT baseline (§12) shares everything but the target: `−λ·mean r` backpropagated.
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::config::RewardGrad;
+use crate::data::Condition;
+use crate::models::Generator;
+use crate::noise::{self, Stream};
+use crate::rewards::{field_grad, FeatureMap, Nes, NesKey, Reward};
+use crate::svgd::{self, FieldConfig};
+use crate::sync;
+use crate::tensors::{matrix, to_vec};
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use bytes::Bytes;
+use fav_comm::{Collective, CommError};
+use rand::Rng;
+use serde::Serialize;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// How one step's particles are split: C conditions × K particles over G ranks (§6.1).
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// Particles per condition, all ranks together.
+    pub k: usize,
+    /// Conditions per step.
+    pub c: usize,
+    /// Ranks.
+    pub g: usize,
+    pub rank: usize,
+}
+
+impl Layout {
+    /// Refuses layouts that cannot be split evenly, naming the numbers.
+    pub fn new(k: usize, c: usize, g: usize, rank: usize) -> Result<Self, String> {
+        if g > k {
+            return Err(format!(
+                "{g} ranks but only fav.batch = {k} particles per condition: more ranks than particles"
+            ));
+        }
+        if !k.is_multiple_of(g) {
+            return Err(format!(
+                "fav.batch = {k} particles per condition cannot be split evenly over {g} ranks (K mod G = {})",
+                k % g
+            ));
+        }
+        Ok(Self { k, c, g, rank })
+    }
+
+    /// Particles this rank owns per condition.
+    pub fn own(&self) -> usize {
+        self.k / self.g
+    }
+
+    /// The first global row this rank owns.
+    pub fn first_row(&self) -> usize {
+        self.rank * self.own()
+    }
+
+    /// §6.3: `pbase = step·C·K·2 + ci·2K`; reference seeds are `pbase + [0, K)`, generator seeds
+    /// `pbase + K + [0, K)`, and rank r takes elements `[r·K/G, (r+1)·K/G)` of each.
+    fn own_seeds(&self, step: usize, ci: usize, offset: usize) -> std::ops::Range<u64> {
+        let pbase = (step * self.c * self.k * 2 + ci * 2 * self.k) as u64;
+        let first = pbase + (offset + self.first_row()) as u64;
+        first..first + self.own() as u64
+    }
+
+    /// This rank's generator seeds for condition `ci` at `step`.
+    pub fn gen_seeds(&self, step: usize, ci: usize) -> std::ops::Range<u64> {
+        self.own_seeds(step, ci, self.k)
+    }
+
+    /// This rank's reference seeds for condition `ci` at `step`.
+    pub fn ref_seeds(&self, step: usize, ci: usize) -> std::ops::Range<u64> {
+        self.own_seeds(step, ci, 0)
+    }
+}
+
+/// Samples of the frozen base, drawn once before alignment (§8, toy). Each rank draws its share
+/// of the rows and the shares are all-gathered, so every rank holds the whole pool.
+pub struct RefPool {
+    rows: Vec<f32>,
+    n: usize,
+    d: usize,
+}
+
+const POOL_CHUNK: usize = 10_000;
+
+impl RefPool {
+    pub fn draw<G: Generator>(
+        seed: u64,
+        size: usize,
+        steps: usize,
+        base: &G,
+        device: &Device,
+        comm: &dyn Collective,
+    ) -> Result<Self, CommError> {
+        let g = comm.size();
+        let share = size.div_ceil(g);
+        let (lo, hi) = ((comm.rank() * share).min(size), ((comm.rank() + 1) * share).min(size));
+        let dim = base.noise_dim();
+        let mut mine = Vec::new();
+        let mut d = 0;
+        let mut start = lo;
+        while start < hi {
+            let end = (start + POOL_CHUNK).min(hi);
+            let z = noise::normal_rows(seed, Stream::RefPool, start as u64..end as u64, dim);
+            let x = base.sample(matrix(z, end - start, dim, device), Condition::None, steps, None);
+            d = x.dims()[1];
+            mine.extend(to_vec(&x));
+            start = end;
+        }
+        // Every rank needs D for the padding, even one that drew nothing.
+        let d = if d == 0 {
+            base.sample(matrix(vec![0.0; dim], 1, dim, device), Condition::None, steps, None).dims()[1]
+        } else {
+            d
+        };
+        mine.resize(d * share, 0.0); // equal blocks for the gather; the padding is cut below
+        let mut rows = comm.all_gather(&mine)?;
+        rows.truncate(d * size);
+        Ok(Self { rows, n: size, d })
+    }
+
+    /// Condition `ci`'s reference minibatch at `step`: `m` pool indices drawn uniformly with
+    /// replacement, the same on every rank.
+    pub fn minibatch(&self, seed: u64, step: usize, ci: usize, m: usize, device: &Device) -> Tensor<2> {
+        let mut r = noise::rng(seed, Stream::RefPool, (1 << 48) | ((step as u64) << 8) | ci as u64);
+        let d = self.d;
+        let rows: Vec<f32> = (0..m)
+            .flat_map(|_| {
+                let i = r.random_range(0..self.n);
+                self.rows[d * i..d * (i + 1)].to_vec()
+            })
+            .collect();
+        matrix(rows, m, d, device)
+    }
+}
+
+/// Where the reference particles of a condition come from (§8).
+pub enum Reference<G> {
+    /// A minibatch of `batch` rows from a pool of frozen-model samples (the toy), the same on
+    /// every rank.
+    Pool { pool: RefPool, batch: usize },
+    /// The frozen base on the reference seeds (the adapters off), each rank its own rows,
+    /// gathered.
+    Model(G),
+}
+
+/// What the generator is regressed onto.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Objective {
+    /// FAV: `stopgrad(x + v)` (§4).
+    Fav,
+    /// DRaFT: `−λ·mean r`, backpropagated through the last `grad_steps` sampling steps (all
+    /// when `None`).
+    Draft { multiplier: f64, grad_steps: Option<usize> },
+}
+
+/// The fixed settings of a step.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub seed: u64,
+    pub field: FieldConfig,
+    pub objective: Objective,
+    /// Sampling steps of the generator.
+    pub sample_steps: usize,
+    pub lr: f64,
+    /// Global-norm gradient clip (0 = off).
+    pub max_grad_norm: f64,
+    /// The reward's own gradient or the NES estimate (FAV-B).
+    pub reward_grad: RewardGrad,
+    pub nes_sigma: f64,
+    pub nes_samples: usize,
+}
+
+/// Seconds spent in each part of a step (this rank).
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Timings {
+    /// Generator passes: aligned (with graph) and reference.
+    pub generate: f64,
+    /// The feature map φ (an encoder, or nothing) — the particles.
+    pub encode: f64,
+    /// Reward gradient (autograd or NES), KDE score and transport field.
+    pub field: f64,
+    /// Backward pass and optimiser step.
+    pub backward: f64,
+    /// The all-gathers and the gradient all-reduce.
+    pub comm: f64,
+}
+
+impl Timings {
+    pub fn add(&mut self, o: &Timings) {
+        self.generate += o.generate;
+        self.encode += o.encode;
+        self.field += o.field;
+        self.backward += o.backward;
+        self.comm += o.comm;
+    }
+
+    /// The mean over `n` steps.
+    pub fn mean(&self, n: usize) -> Timings {
+        let n = n.max(1) as f64;
+        Timings {
+            generate: self.generate / n,
+            encode: self.encode / n,
+            field: self.field / n,
+            backward: self.backward / n,
+            comm: self.comm / n,
+        }
+    }
+}
+
+/// What one step reports.
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    /// FAV: the pseudo-loss `mean(v²)` over all particles of all conditions (all ranks); DRaFT:
+    /// `−λ·mean r`.
+    pub loss: f64,
+    /// Mean reward of the step's generated particles (all ranks).
+    pub reward: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub timings: Timings,
+}
+
+/// What the run loop drives, whatever the task: one step, the state to checkpoint, a resume.
+pub trait Trainer {
+    fn step(&mut self, step: usize) -> Result<StepStats, CommError>;
+    /// SHA-256 of the trainable module's parameters (first 8 bytes): equal on every rank.
+    fn digest(&self) -> [u8; 8];
+    /// The trainable module (record bytes, parameter ids included) and its optimiser state.
+    fn state(&self) -> Result<(Bytes, Bytes), CheckpointError>;
+    /// Continue from [`Trainer::state`] bytes.
+    fn restore(&mut self, model: &Bytes, optimizer: &Bytes) -> Result<(), CheckpointError>;
+}
+
+/// One alignment state: the trainable generator, its optimiser and everything fixed.
+pub struct Aligner<'c, G: Generator> {
+    /// The generator being aligned, on the autodiff device; which parameters train is its own
+    /// (all of a toy network; the adapters of a LoRA-adapted one).
+    pub net: G,
+    reference: Reference<G>,
+    features: Rc<dyn FeatureMap>,
+    reward: Rc<dyn Reward>,
+    /// The conditions of each step (§6.2).
+    schedule: Box<dyn Fn(usize) -> Vec<Condition>>,
+    optim: ModuleOptimizer,
+    s: Settings,
+    layout: Layout,
+    device: Device,
+    comm: &'c dyn Collective,
+}
+
+impl<'c, G: Generator> Aligner<'c, G> {
+    /// `net`: the trainable generator on the autodiff device, the same on every rank.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        net: G,
+        reference: Reference<G>,
+        features: Rc<dyn FeatureMap>,
+        reward: Rc<dyn Reward>,
+        schedule: Box<dyn Fn(usize) -> Vec<Condition>>,
+        optim: ModuleOptimizer,
+        s: Settings,
+        layout: Layout,
+        device: &Device,
+        comm: &'c dyn Collective,
+    ) -> Self {
+        Self { net, reference, features, reward, schedule, optim, s, layout, device: device.clone(), comm }
+    }
+
+    fn gather(&self, own: &Tensor<2>) -> Result<Tensor<2>, CommError> {
+        sync::gather_rows(own, self.comm, &self.device)
+    }
+
+    /// Generator noise of `seeds` on `device`.
+    fn noise(&self, seeds: impl Iterator<Item = u64>, n: usize, device: &Device) -> Tensor<2> {
+        let dim = self.net.noise_dim();
+        matrix(noise::normal_rows(self.s.seed, Stream::Particle, seeds, dim), n, dim, device)
+    }
+
+    /// The reference particles of condition `ci` at `step`, the whole set on every rank.
+    fn reference(&self, step: usize, ci: usize, cond: Condition, t: &mut Timings) -> Result<Tensor<2>, CommError> {
+        match &self.reference {
+            Reference::Pool { pool, batch } => Ok(pool.minibatch(self.s.seed, step, ci, *batch, &self.device)),
+            Reference::Model(base) => {
+                let clock = Instant::now();
+                let z = self.noise(self.layout.ref_seeds(step, ci), self.layout.own(), &self.device);
+                let samples = base.sample(z, cond, self.s.sample_steps, None);
+                t.generate += clock.elapsed().as_secs_f64();
+                let clock = Instant::now();
+                let y = self.features.features(samples);
+                t.encode += clock.elapsed().as_secs_f64();
+                let clock = Instant::now();
+                let all = self.gather(&y);
+                t.comm += clock.elapsed().as_secs_f64();
+                all
+            }
+        }
+    }
+}
+
+impl<G: Generator> Trainer for Aligner<'_, G> {
+    /// One step over the step's conditions.
+    fn step(&mut self, step: usize) -> Result<StepStats, CommError> {
+        let ad = self.device.clone().autodiff();
+        let Layout { k, c, .. } = self.layout;
+        let own = self.layout.own();
+        let mut t = Timings::default();
+        let mut surrogate: Option<Tensor<1>> = None;
+        let (mut loss_sum, mut reward_sum, mut d) = (0.0f64, 0.0f64, 1);
+        for (ci, cond) in (self.schedule)(step).into_iter().enumerate() {
+            let gen_seeds: Vec<u64> = self.layout.gen_seeds(step, ci).collect();
+            let clock = Instant::now();
+            let z = self.noise(gen_seeds.iter().copied(), own, &ad);
+            let grad_steps = match self.s.objective {
+                Objective::Draft { grad_steps, .. } => grad_steps,
+                Objective::Fav => None,
+            };
+            let samples = self.net.sample(z, cond, self.s.sample_steps, grad_steps);
+            t.generate += clock.elapsed().as_secs_f64();
+            let clock = Instant::now();
+            let x = self.features.features(samples);
+            // §3.4: the field is computed on detached particles, off the autodiff graph.
+            let xd = x.clone().detach().without_autodiff();
+            d = xd.dims()[1];
+            t.encode += clock.elapsed().as_secs_f64();
+            let r_sum = to_vec(&self.reward.value(&xd, cond)).iter().map(|&r| f64::from(r)).sum::<f64>();
+            reward_sum += r_sum;
+            // ∂L/∂x of the own rows, already scaled for the SUM all-reduce (§6.5).
+            let grad = match self.s.objective {
+                Objective::Draft { multiplier, .. } => {
+                    // −λ·mean r over all K·C particles: the local sum scaled by 1/(K·C), summed
+                    // over ranks; it reaches the generator as x·stopgrad(∇r(x)).
+                    let clock = Instant::now();
+                    let g = self.reward.grad(&xd, cond).expect("validated: DRaFT needs a differentiable reward");
+                    t.field += clock.elapsed().as_secs_f64();
+                    loss_sum -= multiplier * r_sum;
+                    g.mul_scalar(-multiplier / (k * c) as f64)
+                }
+                Objective::Fav => {
+                    let y_all = self.reference(step, ci, cond, &mut t)?;
+                    let clock = Instant::now();
+                    let x_all = self.gather(&xd)?;
+                    t.comm += clock.elapsed().as_secs_f64();
+                    // §6.7: scores of own rows only, then shared. A black-box gradient is
+                    // estimated once per particle, by the rank that owns it.
+                    let clock = Instant::now();
+                    let key = NesKey { seed: self.s.seed, step, condition: ci };
+                    let nes =
+                        Nes { particle_seeds: &gen_seeds, key, sigma: self.s.nes_sigma, samples: self.s.nes_samples };
+                    let g = field_grad(self.reward.as_ref(), &xd, cond, self.s.reward_grad, nes);
+                    let u_own = svgd::total_score(&xd, &y_all, &g, &self.s.field).total;
+                    t.field += clock.elapsed().as_secs_f64();
+                    let clock = Instant::now();
+                    let u_all = self.gather(&u_own)?;
+                    t.comm += clock.elapsed().as_secs_f64();
+                    let clock = Instant::now();
+                    let v = svgd::velocity(&xd, &x_all, &u_all, k, self.layout.first_row(), &self.s.field).velocity;
+                    // ∂L/∂x = −2v/(m·D) per chunk of m own rows, scaled by m/(K·C): −2v/(K·D·C).
+                    let (loss_own, grad) = svgd::regression_grad(&v, own);
+                    loss_sum += loss_own * (own * d) as f64;
+                    t.field += clock.elapsed().as_secs_f64();
+                    grad.mul_scalar(own as f64 / (k * c) as f64)
+                }
+            };
+            let term = (x * grad.autodiff()).sum();
+            surrogate = Some(match surrogate {
+                Some(s) => s + term,
+                None => term,
+            });
+        }
+        let clock = Instant::now();
+        let grads = GradientsParams::from_grads(surrogate.expect("≥ 1 condition per step").backward(), &self.net);
+        t.backward += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        let (grads, grad_norm) =
+            sync::all_reduce_grads(&self.net, grads, self.comm, &self.device, self.s.max_grad_norm)?;
+        let mut totals = [loss_sum as f32, reward_sum as f32];
+        self.comm.all_reduce_sum(&mut totals)?;
+        t.comm += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        self.net = self.optim.step(self.s.lr, self.net.clone(), grads);
+        t.backward += clock.elapsed().as_secs_f64();
+        let loss = match self.s.objective {
+            Objective::Fav => totals[0] as f64 / (k * c * d) as f64,
+            Objective::Draft { .. } => totals[0] as f64 / (k * c) as f64,
+        };
+        Ok(StepStats { loss, reward: totals[1] as f64 / (k * c) as f64, grad_norm, timings: t })
+    }
+
+    fn digest(&self) -> [u8; 8] {
+        sync::digest(&self.net)
+    }
+
+    fn state(&self) -> Result<(Bytes, Bytes), CheckpointError> {
+        let optim = self.optim.into_bytes().map_err(|e| CheckpointError::Format(e.to_string()))?;
+        Ok((checkpoint::record_bytes(&self.net)?, Bytes::copy_from_slice(&optim)))
+    }
+
+    /// The module's record (parameter ids included, so the optimiser state matches it) and its
+    /// optimiser state. Which weights train is the module's own, not the record's.
+    fn restore(&mut self, model: &Bytes, optimizer: &Bytes) -> Result<(), CheckpointError> {
+        self.net = checkpoint::load_record(self.net.clone(), model)?;
+        let bytes = burn::tensor::Bytes::from_bytes_vec(optimizer.to_vec());
+        let placeholder = burn::optim::AdamConfig::new().init();
+        let optim = std::mem::replace(&mut self.optim, placeholder);
+        self.optim = optim.from_bytes(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl<G: Generator> Aligner<'_, G> {
+    /// The aligned generator without autodiff, for sampling and saving.
+    pub fn plain(&self) -> G {
+        self.net.valid()
+    }
+}
