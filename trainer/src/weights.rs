@@ -65,21 +65,29 @@ pub fn load<M: Module>(module: M, path: &Path) -> Result<M, WeightsError> {
 }
 
 /// Load `path` (safetensors or a PyTorch checkpoint) into `module` through `map`.
-pub fn load_mapped<M: Module>(module: M, path: &Path, map: &NameMap) -> Result<M, WeightsError> {
+pub fn load_mapped<M: Module>(mut module: M, path: &Path, map: &NameMap) -> Result<M, WeightsError> {
     if !path.is_file() {
         return Err(read_err(path, "no such file"));
     }
-    let tensors = if is_pytorch(path) {
-        PytorchStore::from_file(path)
-            .get_all_tensors()
-            .map(|t| t.values().cloned().collect())
-            .map_err(|e| read_err(path, e))
-    } else {
-        SafetensorsStore::from_file(path)
-            .get_all_tensors()
-            .map(|t| t.values().cloned().collect())
-            .map_err(|e| read_err(path, e))
-    }?;
+    if is_pytorch(path) {
+        // A pickled state dict is PyTorch's own layout; burn-store's PyTorch reader transposes
+        // linear weights and widens half-precision tensors itself. Names are the file's own
+        // (no renumbering of sequence indices), so a name map reads like the checkpoint.
+        let remapper = KeyRemapper::from_patterns(map.renames.clone())
+            .map_err(|e| read_err(path, format!("bad name map: {e}")))?;
+        let mut store = PytorchStore::from_file(path)
+            .remap(remapper)
+            .map_indices_contiguous(false)
+            .allow_partial(true)
+            .validate(false);
+        let res = module.load_from(&mut store).map_err(|e| read_err(path, e))?;
+        refuse_misfits(&res).map_err(|reason| read_err(path, reason))?;
+        return Ok(module);
+    }
+    let tensors = SafetensorsStore::from_file(path)
+        .get_all_tensors()
+        .map(|t| t.values().cloned().collect())
+        .map_err(|e| read_err(path, e))?;
     apply(module, tensors, map).map_err(|reason| read_err(path, reason))
 }
 

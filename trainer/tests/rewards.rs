@@ -36,7 +36,7 @@ fn every_reward_conforms() {
     let x = points(&dev);
     conformance::values_are_deterministic(&toy, &x, Condition::None).unwrap();
     conformance::gradient_matches_nes(&toy, &x, Condition::None, 1e-3, 20_000, 0.99).unwrap();
-    for name in rewards::IMAGE_REWARDS {
+    for name in rewards::image_names() {
         let r = rewards::image(name, &model).expect("registered");
         let particles = r.features.features(pixels(3, &dev));
         let cond = Condition::Class(1);

@@ -2,7 +2,7 @@
 //! with 4:2:0 chroma subsampling, in decimal kB. `Compress` rewards small files (`−kB`),
 //! `Incompress` large ones (`+kB`). Non-differentiable: FAV-B estimates its gradient (§9.1).
 
-use super::Reward;
+use super::{Identity, ImageReward, Reward};
 use crate::data::shapes::{PIXELS, SIZE};
 use crate::data::Condition;
 use crate::tensors::{matrix, to_vec};
@@ -59,6 +59,16 @@ impl Reward for Jpeg {
     fn black_box(&self) -> bool {
         true
     }
+}
+
+/// `jpeg_compress`: the pixels are the particles (φ = identity), `−kB`.
+pub fn compress(_: &super::learned::RewardModel) -> ImageReward {
+    ImageReward { features: std::rc::Rc::new(Identity), reward: std::rc::Rc::new(Jpeg::Compress) }
+}
+
+/// `jpeg_incompress`: the pixels are the particles, `+kB`.
+pub fn incompress(_: &super::learned::RewardModel) -> ImageReward {
+    ImageReward { features: std::rc::Rc::new(Identity), reward: std::rc::Rc::new(Jpeg::Incompress) }
 }
 
 impl Jpeg {

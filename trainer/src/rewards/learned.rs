@@ -4,7 +4,7 @@
 //! scoring head on that embedding. A class head trains the embedding alongside the score, so it
 //! carries what a sample is, not only how it scores.
 
-use super::{FeatureMap, Reward};
+use super::{FeatureMap, ImageReward, Reward};
 use crate::data::shapes::{self, images, CLASSES};
 use crate::data::Condition;
 use crate::models::image::downsampling_convs;
@@ -93,6 +93,14 @@ impl Reward for ScoreHead {
         let f = x.clone().autodiff().require_grad();
         let grads = self.head.forward(f.clone()).sum().backward();
         f.grad(&grads)
+    }
+}
+
+/// `learned`: the encoder's embedding is the particle (§7), the score head the reward.
+pub fn reward(model: &RewardModel) -> ImageReward {
+    ImageReward {
+        features: std::rc::Rc::new(Embedding(model.clone())),
+        reward: std::rc::Rc::new(ScoreHead::new(model)),
     }
 }
 

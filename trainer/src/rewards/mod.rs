@@ -60,21 +60,20 @@ pub struct ImageReward {
     pub reward: Rc<dyn Reward>,
 }
 
-/// The image rewards by config name (`image.reward`), built on the run's learned reward model.
+/// The image rewards by config name (`image.reward`), each built from the run's learned reward
+/// model (the evaluation encoder, which a reward may use or not). One line registers a reward.
+const IMAGE: &[(&str, fn(&learned::RewardModel) -> ImageReward)] =
+    &[("learned", learned::reward), ("jpeg_compress", jpeg::compress), ("jpeg_incompress", jpeg::incompress)];
+
+/// The image reward called `name`.
 pub fn image(name: &str, model: &learned::RewardModel) -> Option<ImageReward> {
-    Some(match name {
-        "learned" => ImageReward {
-            features: Rc::new(learned::Embedding(model.clone())),
-            reward: Rc::new(learned::ScoreHead::new(model)),
-        },
-        "jpeg_compress" => ImageReward { features: Rc::new(Identity), reward: Rc::new(jpeg::Jpeg::Compress) },
-        "jpeg_incompress" => ImageReward { features: Rc::new(Identity), reward: Rc::new(jpeg::Jpeg::Incompress) },
-        _ => return None,
-    })
+    IMAGE.iter().find(|(n, _)| *n == name).map(|(_, make)| make(model))
 }
 
 /// The names [`image`] knows.
-pub const IMAGE_REWARDS: &[&str] = &["learned", "jpeg_compress", "jpeg_incompress"];
+pub fn image_names() -> Vec<&'static str> {
+    IMAGE.iter().map(|(n, _)| *n).collect()
+}
 
 /// Where each particle's NES noise comes from, and how much of it (§9.1).
 #[derive(Clone, Copy, Debug)]

@@ -68,7 +68,7 @@ pub(super) fn check(cfg: &Config) -> Result<(), ConfigError> {
     let reward = rewards::image(&i.reward, &model).ok_or_else(|| {
         err(
             "image.reward",
-            format!("unknown name {:?}; expected one of {}", i.reward, rewards::IMAGE_REWARDS.join(", ")),
+            format!("unknown name {:?}; expected one of {}", i.reward, rewards::image_names().join(", ")),
         )
     })?;
     let differentiable = !reward.reward.black_box();
