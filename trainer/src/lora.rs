@@ -168,41 +168,72 @@ pub fn adapt<M: Module>(module: M, cfg: LoraConfig, targets: &Targets, seed: u64
         LoraInit::Gaussian => module,
         LoraInit::Kaiming => {
             device.seed(seed);
-            module.map(&mut KaimingA::default())
+            redraw(module, Factor::A, Draw::Kaiming)
         }
     }
 }
 
-/// Redraws every adapter's `A` from `U(±1/√fan_in)` in module order, drawing PEFT's layout
-/// (`[r, in]`, `[r, in, kh, kw]`) and storing burn's (a linear `A` is `[in, r]`).
-#[derive(Default)]
-struct KaimingA(Vec<String>);
+/// One of an adapter's two factors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Factor {
+    A,
+    B,
+}
 
-impl burn::module::ModuleMapper for KaimingA {
+/// How [`redraw`] sets a factor.
+#[derive(Clone, Copy, Debug)]
+pub enum Draw {
+    /// `U(±1/√fan_in)`, drawn in PEFT's layout (`[r, in]`, `[r, in, kh, kw]`), so the numbers
+    /// are PEFT's for the same generator state.
+    Kaiming,
+    /// `N(0, std)`.
+    Normal(f64),
+    /// Every entry this value.
+    Constant(f64),
+}
+
+/// Every adapter's `factor` set as `draw` says, layer by layer in module order, drawing from
+/// the factors' device generator.
+pub fn redraw<M: Module>(module: M, factor: Factor, draw: Draw) -> M {
+    module.map(&mut Redraw { path: Vec::new(), factor, draw })
+}
+
+struct Redraw {
+    path: Vec<String>,
+    factor: Factor,
+    draw: Draw,
+}
+
+impl burn::module::ModuleMapper for Redraw {
     fn enter_module(&mut self, name: &str, _: &str) {
-        self.0.push(name.to_string());
+        self.path.push(name.to_string());
     }
     fn exit_module(&mut self, _: &str, _: &str) {
-        self.0.pop();
+        self.path.pop();
     }
     fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !self.0.join(".").ends_with("lora.a") {
+        let suffix = match self.factor {
+            Factor::A => "lora.a",
+            Factor::B => "lora.b",
+        };
+        if !self.path.join(".").ends_with(suffix) {
             return p;
         }
         let t = p.val();
         let (dims, device) = (t.dims(), t.device());
-        let value = match D {
-            2 => {
-                let [d_in, r] = [dims[0], dims[1]];
-                let bound = 1.0 / (d_in as f64).sqrt();
-                Tensor::<2>::random([r, d_in], Distribution::Uniform(-bound, bound), &device)
-                    .transpose()
-                    .reshape(t.shape())
+        let value: Tensor<D> = match self.draw {
+            Draw::Constant(v) => t.ones_like().mul_scalar(v),
+            Draw::Normal(std) => Tensor::random(t.shape(), Distribution::Normal(0.0, std), &device),
+            // burn's linear A is [in, r]: draw PEFT's [r, in] and transpose.
+            Draw::Kaiming if D == 2 => {
+                let bound = 1.0 / (dims[0] as f64).sqrt();
+                let peft = Tensor::<2>::random([dims[1], dims[0]], Distribution::Uniform(-bound, bound), &device);
+                peft.transpose().reshape(t.shape())
             }
-            _ => {
+            Draw::Kaiming => {
                 let fan_in: usize = dims[1..].iter().product();
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                Tensor::<D>::random(t.shape(), Distribution::Uniform(-bound, bound), &device)
+                Tensor::random(t.shape(), Distribution::Uniform(-bound, bound), &device)
             }
         };
         Param::initialized(p.id, value).set_require_grad(true)
@@ -307,25 +338,8 @@ mod tests {
         let (v1, i1) = net.forward(v.clone(), img.clone());
         assert_eq!((max_abs(v0.clone() - v1), max_abs(i0.clone() - i1)), (0.0, 0.0), "B = 0: the base itself");
 
-        // Move every B factor away from zero.
-        #[derive(Default)]
-        struct MoveB(Vec<String>);
-        impl burn::module::ModuleMapper for MoveB {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.0.push(name.to_string());
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.0.pop();
-            }
-            fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                if !self.0.join(".").ends_with("lora.b") {
-                    return p;
-                }
-                let t = p.val();
-                Param::initialized(p.id, Tensor::random(t.shape(), Distribution::Normal(0.0, 0.5), &t.device()))
-            }
-        }
-        net = net.map(&mut MoveB::default());
+        // Move every B factor away from zero, as training would.
+        net = redraw(net, Factor::B, Draw::Normal(0.5));
         let (v2, i2) = net.forward(v.clone(), img.clone());
         assert!(max_abs(v2.clone() - v0) > 1e-2 && max_abs(i2.clone() - i0) > 1e-2, "the adapters change the output");
         let m = merged(&net);

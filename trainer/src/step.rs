@@ -182,6 +182,32 @@ pub struct Settings {
     pub nes_samples: usize,
 }
 
+impl Settings {
+    /// The step settings of `cfg` (`fav.*`) for `objective` with `sample_steps` sampling steps.
+    pub fn new(cfg: &crate::config::Config, objective: Objective, sample_steps: usize) -> Self {
+        let f = &cfg.fav;
+        Self {
+            seed: cfg.seed,
+            field: cfg.field(),
+            objective,
+            sample_steps,
+            lr: f.lr,
+            max_grad_norm: f.max_grad_norm,
+            reward_grad: f.reward_grad,
+            nes_sigma: f.nes_sigma,
+            nes_samples: f.nes_samples,
+        }
+    }
+}
+
+/// Run `f`, adding its seconds to `slot`.
+fn timed<T>(slot: &mut f64, f: impl FnOnce() -> T) -> T {
+    let clock = Instant::now();
+    let out = f();
+    *slot += clock.elapsed().as_secs_f64();
+    out
+}
+
 /// Seconds spent in each part of a step (this rank).
 #[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Timings {
@@ -293,17 +319,10 @@ impl<'c, G: Generator> Aligner<'c, G> {
         match &self.reference {
             Reference::Pool { pool, batch } => Ok(pool.minibatch(self.s.seed, step, ci, *batch, &self.device)),
             Reference::Model(base) => {
-                let clock = Instant::now();
                 let z = self.noise(self.layout.ref_seeds(step, ci), self.layout.own(), &self.device);
-                let samples = base.sample(z, cond, self.s.sample_steps, None);
-                t.generate += clock.elapsed().as_secs_f64();
-                let clock = Instant::now();
-                let y = self.features.features(samples);
-                t.encode += clock.elapsed().as_secs_f64();
-                let clock = Instant::now();
-                let all = self.gather(&y);
-                t.comm += clock.elapsed().as_secs_f64();
-                all
+                let samples = timed(&mut t.generate, || base.sample(z, cond, self.s.sample_steps, None));
+                let y = timed(&mut t.encode, || self.features.features(samples));
+                timed(&mut t.comm, || self.gather(&y))
             }
         }
     }
@@ -320,20 +339,18 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
         let (mut loss_sum, mut reward_sum, mut d) = (0.0f64, 0.0f64, 1);
         for (ci, cond) in (self.schedule)(step).into_iter().enumerate() {
             let gen_seeds: Vec<u64> = self.layout.gen_seeds(step, ci).collect();
-            let clock = Instant::now();
-            let z = self.noise(gen_seeds.iter().copied(), own, &ad);
             let grad_steps = match self.s.objective {
                 Objective::Draft { grad_steps, .. } => grad_steps,
                 Objective::Fav => None,
             };
-            let samples = self.net.sample(z, cond, self.s.sample_steps, grad_steps);
-            t.generate += clock.elapsed().as_secs_f64();
-            let clock = Instant::now();
-            let x = self.features.features(samples);
+            let samples = timed(&mut t.generate, || {
+                let z = self.noise(gen_seeds.iter().copied(), own, &ad);
+                self.net.sample(z, cond, self.s.sample_steps, grad_steps)
+            });
+            let x = timed(&mut t.encode, || self.features.features(samples));
             // §3.4: the field is computed on detached particles, off the autodiff graph.
             let xd = x.clone().detach().without_autodiff();
             d = xd.dims()[1];
-            t.encode += clock.elapsed().as_secs_f64();
             let r_sum = to_vec(&self.reward.value(&xd, cond)).iter().map(|&r| f64::from(r)).sum::<f64>();
             reward_sum += r_sum;
             // ∂L/∂x of the own rows, already scaled for the SUM all-reduce (§6.5).
@@ -341,36 +358,32 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                 Objective::Draft { multiplier, .. } => {
                     // −λ·mean r over all K·C particles: the local sum scaled by 1/(K·C), summed
                     // over ranks; it reaches the generator as x·stopgrad(∇r(x)).
-                    let clock = Instant::now();
-                    let g = self.reward.grad(&xd, cond).expect("validated: DRaFT needs a differentiable reward");
-                    t.field += clock.elapsed().as_secs_f64();
+                    let g = timed(&mut t.field, || self.reward.grad(&xd, cond))
+                        .expect("validated: DRaFT needs a differentiable reward");
                     loss_sum -= multiplier * r_sum;
                     g.mul_scalar(-multiplier / (k * c) as f64)
                 }
                 Objective::Fav => {
                     let y_all = self.reference(step, ci, cond, &mut t)?;
-                    let clock = Instant::now();
-                    let x_all = self.gather(&xd)?;
-                    t.comm += clock.elapsed().as_secs_f64();
+                    let x_all = timed(&mut t.comm, || self.gather(&xd))?;
                     // §6.7: scores of own rows only, then shared. A black-box gradient is
                     // estimated once per particle, by the rank that owns it.
-                    let clock = Instant::now();
-                    let key = NesKey { seed: self.s.seed, step, condition: ci };
-                    let nes =
-                        Nes { particle_seeds: &gen_seeds, key, sigma: self.s.nes_sigma, samples: self.s.nes_samples };
-                    let g = field_grad(self.reward.as_ref(), &xd, cond, self.s.reward_grad, nes);
-                    let u_own = svgd::total_score(&xd, &y_all, &g, &self.s.field).total;
-                    t.field += clock.elapsed().as_secs_f64();
-                    let clock = Instant::now();
-                    let u_all = self.gather(&u_own)?;
-                    t.comm += clock.elapsed().as_secs_f64();
-                    let clock = Instant::now();
-                    let v = svgd::velocity(&xd, &x_all, &u_all, k, self.layout.first_row(), &self.s.field).velocity;
-                    // ∂L/∂x = −2v/(m·D) per chunk of m own rows, scaled by m/(K·C): −2v/(K·D·C).
-                    let (loss_own, grad) = svgd::regression_grad(&v, own);
-                    loss_sum += loss_own * (own * d) as f64;
-                    t.field += clock.elapsed().as_secs_f64();
-                    grad.mul_scalar(own as f64 / (k * c) as f64)
+                    let u_own = timed(&mut t.field, || {
+                        let key = NesKey { seed: self.s.seed, step, condition: ci };
+                        let (sigma, samples) = (self.s.nes_sigma, self.s.nes_samples);
+                        let nes = Nes { particle_seeds: &gen_seeds, key, sigma, samples };
+                        let g = field_grad(self.reward.as_ref(), &xd, cond, self.s.reward_grad, nes);
+                        svgd::total_score(&xd, &y_all, &g, &self.s.field).total
+                    });
+                    let u_all = timed(&mut t.comm, || self.gather(&u_own))?;
+                    timed(&mut t.field, || {
+                        let first = self.layout.first_row();
+                        let v = svgd::velocity(&xd, &x_all, &u_all, k, first, &self.s.field).velocity;
+                        // ∂L/∂x = −2v/(m·D) per chunk of m own rows, scaled by m/(K·C): −2v/(K·D·C).
+                        let (loss_own, grad) = svgd::regression_grad(&v, own);
+                        loss_sum += loss_own * (own * d) as f64;
+                        grad.mul_scalar(own as f64 / (k * c) as f64)
+                    })
                 }
             };
             let term = (x * grad.autodiff()).sum();
@@ -379,18 +392,15 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                 None => term,
             });
         }
-        let clock = Instant::now();
-        let grads = GradientsParams::from_grads(surrogate.expect("≥ 1 condition per step").backward(), &self.net);
-        t.backward += clock.elapsed().as_secs_f64();
-        let clock = Instant::now();
-        let (grads, grad_norm) =
-            sync::all_reduce_grads(&self.net, grads, self.comm, &self.device, self.s.max_grad_norm)?;
+        let surrogate = surrogate.expect("≥ 1 condition per step");
+        let grads = timed(&mut t.backward, || GradientsParams::from_grads(surrogate.backward(), &self.net));
         let mut totals = [loss_sum as f32, reward_sum as f32];
-        self.comm.all_reduce_sum(&mut totals)?;
-        t.comm += clock.elapsed().as_secs_f64();
-        let clock = Instant::now();
-        self.net = self.optim.step(self.s.lr, self.net.clone(), grads);
-        t.backward += clock.elapsed().as_secs_f64();
+        let (grads, grad_norm) = timed(&mut t.comm, || {
+            let reduced = sync::all_reduce_grads(&self.net, grads, self.comm, &self.device, self.s.max_grad_norm)?;
+            self.comm.all_reduce_sum(&mut totals)?;
+            Ok::<_, CommError>(reduced)
+        })?;
+        self.net = timed(&mut t.backward, || self.optim.step(self.s.lr, self.net.clone(), grads));
         let loss = match self.s.objective {
             Objective::Fav => totals[0] as f64 / (k * c * d) as f64,
             Objective::Draft { .. } => totals[0] as f64 / (k * c) as f64,

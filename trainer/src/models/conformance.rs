@@ -9,7 +9,6 @@ use crate::data::Condition;
 use crate::lora::{self, LoraConfig, Targets};
 use crate::noise::{self, Stream};
 use crate::tensors::{matrix, to_vec};
-use burn::module::Param;
 use burn::tensor::{Device, Tensor};
 
 fn noise<G: Generator>(g: &G, n: usize, key: u64, device: &Device) -> Tensor<2> {
@@ -64,32 +63,12 @@ pub fn adapters_start_at_the_base<F: Family>(cfg: &Config, steps: usize, cond: C
     if lora::peft_tensors(&adapted).len() != 2 * layers.len() {
         return Err(format!("{} PEFT tensors for {} adapted layers", lora::peft_tensors(&adapted).len(), layers.len()));
     }
-    let moved = adapted.map(&mut MoveFactors::default());
+    let moved = lora::redraw(adapted, lora::Factor::B, lora::Draw::Constant(0.05));
     let after = to_vec(&moved.sample(z.clone(), cond, steps, None));
     if after == before {
         return Err("moving the adapters does not change the samples".into());
     }
     differ("the base after its adapted copy moved", &to_vec(&base.sample(z, cond, steps, None)), &before)
-}
-
-/// Sets every adapter factor `B` to a fixed non-zero value (as training would move it).
-#[derive(Default)]
-struct MoveFactors(Vec<String>);
-
-impl burn::module::ModuleMapper for MoveFactors {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.0.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.0.pop();
-    }
-    fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !self.0.join(".").ends_with("lora.b") {
-            return p;
-        }
-        let t = p.val();
-        Param::initialized(p.id, t.ones_like().mul_scalar(0.05))
-    }
 }
 
 /// Weights written by the project load back into a fresh model and give the same samples, bit

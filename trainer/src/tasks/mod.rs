@@ -74,13 +74,38 @@ pub struct Report {
     pub text: String,
 }
 
+/// A kind of task, made for any family of its registry.
+trait Maker {
+    fn make<'c, F: Family>(cfg: &Config, device: &Device) -> Box<dyn Task<'c> + 'c>;
+}
+
+/// Builds task kind `K` for the family the registry picks.
+struct Build<'a, 'c, K> {
+    cfg: &'a Config,
+    device: &'a Device,
+    kind: PhantomData<(&'c (), K)>,
+}
+
+impl<'c, K: Maker> FamilyVisitor for Build<'_, 'c, K> {
+    type Output = Box<dyn Task<'c> + 'c>;
+    fn visit<F: Family>(self) -> Self::Output {
+        K::make::<F>(self.cfg, self.device)
+    }
+}
+
 /// Build the task `cfg` describes (its names checked by [`check`]).
 pub fn build<'c>(cfg: &Config, device: &Device) -> Result<Box<dyn Task<'c> + 'c>, ConfigError> {
     match cfg.task {
-        Kind::Toy => models::toy::with_family(&cfg.model.family, toy::Build { cfg, device, c: PhantomData })
-            .ok_or_else(|| unknown("model.family", &cfg.model.family, models::toy::NAMES)),
-        Kind::Image => models::image::with_family(&cfg.image.family, image::Build { cfg, device, c: PhantomData })
-            .ok_or_else(|| unknown("image.family", &cfg.image.family, models::image::NAMES)),
+        Kind::Toy => {
+            let b = Build::<toy::Toy> { cfg, device, kind: PhantomData };
+            models::toy::with_family(&cfg.model.family, b)
+                .ok_or_else(|| unknown("model.family", &cfg.model.family, models::toy::NAMES))
+        }
+        Kind::Image => {
+            let b = Build::<image::Image> { cfg, device, kind: PhantomData };
+            models::image::with_family(&cfg.image.family, b)
+                .ok_or_else(|| unknown("image.family", &cfg.image.family, models::image::NAMES))
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::data::{gaussians, Condition};
 use crate::error::{dir_err, JobError};
 use crate::metrics::EmaBest;
-use crate::models::{Family, FamilyVisitor};
+use crate::models::Family;
 use crate::observe::{pretraining, Observer};
 use crate::rewards::{toy::ClusterReward, Identity};
 use crate::step::{Aligner, Layout, Objective, RefPool, Reference, Settings, StepStats, Trainer};
@@ -24,24 +24,18 @@ use burn::tensor::Device;
 use bytes::Bytes;
 use fav_comm::Collective;
 use serde::{Deserialize, Serialize};
-use std::marker::PhantomData;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 
-/// Builds the toy task of a registered family.
-pub(super) struct Build<'a, 'c> {
-    pub cfg: &'a Config,
-    pub device: &'a Device,
-    pub c: PhantomData<&'c ()>,
-}
+/// The toy task, for any toy family.
+pub(super) struct Toy;
 
-impl<'c> FamilyVisitor for Build<'_, 'c> {
-    type Output = Box<dyn Task<'c> + 'c>;
-    fn visit<F: Family>(self) -> Self::Output {
+impl super::Maker for Toy {
+    fn make<'c, F: Family>(cfg: &Config, device: &Device) -> Box<dyn Task<'c> + 'c> {
         Box::new(ToyTask::<F> {
-            cfg: self.cfg.clone(),
-            device: self.device.clone(),
+            cfg: cfg.clone(),
+            device: device.clone(),
             base: None,
             base_path: String::new(),
             eval: None,
@@ -203,17 +197,7 @@ impl<'c, F: Family> Task<'c> for ToyTask<'c, F> {
         let layout = Layout::new(f.batch, f.conditions, comm.size(), comm.rank()).map_err(JobError::Layout)?;
         let pool = RefPool::draw(cfg.seed, f.ref_pool, cfg.model.sample_steps, &base, &self.device, comm)?;
         let net = base.clone().to_device(&self.device.clone().autodiff()).train().set_require_grad(true);
-        let settings = Settings {
-            seed: cfg.seed,
-            field: cfg.field(),
-            objective: Objective::Fav,
-            sample_steps: cfg.model.sample_steps,
-            lr: f.lr,
-            max_grad_norm: f.max_grad_norm,
-            reward_grad: f.reward_grad,
-            nes_sigma: f.nes_sigma,
-            nes_samples: f.nes_samples,
-        };
+        let settings = Settings::new(cfg, Objective::Fav, cfg.model.sample_steps);
         let conditions = f.conditions;
         self.aligner = Some(Aligner::new(
             net,

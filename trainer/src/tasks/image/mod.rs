@@ -30,23 +30,17 @@ use eval::{ImageEval, Judge};
 use fav_comm::Collective;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-/// Builds the image task of a registered family.
-pub(super) struct Build<'a, 'c> {
-    pub cfg: &'a Config,
-    pub device: &'a Device,
-    pub c: PhantomData<&'c ()>,
-}
+/// The image task, for any image family.
+pub(super) struct Image;
 
-impl<'c> FamilyVisitor for Build<'_, 'c> {
-    type Output = Box<dyn Task<'c> + 'c>;
-    fn visit<F: Family>(self) -> Self::Output {
+impl super::Maker for Image {
+    fn make<'c, F: Family>(cfg: &Config, device: &Device) -> Box<dyn Task<'c> + 'c> {
         Box::new(ImageTask::<F> {
-            cfg: self.cfg.clone(),
-            device: self.device.clone(),
+            cfg: cfg.clone(),
+            device: device.clone(),
             base: None,
             encoder: None,
             base_path: String::new(),
@@ -275,17 +269,7 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
                 Objective::Draft { multiplier: i.draft_multiplier, grad_steps: (i.draft_k > 0).then_some(i.draft_k) }
             }
         };
-        let settings = Settings {
-            seed: cfg.seed,
-            field: cfg.field(),
-            objective,
-            sample_steps: i.sample_steps,
-            lr: f.lr,
-            max_grad_norm: f.max_grad_norm,
-            reward_grad: f.reward_grad,
-            nes_sigma: f.nes_sigma,
-            nes_samples: f.nes_samples,
-        };
+        let settings = Settings::new(&cfg, objective, i.sample_steps);
         let (seed, c) = (cfg.seed, f.conditions);
         let schedule = move |step| classes_of_step(seed, step, c).into_iter().map(Condition::Class).collect();
         self.aligner = Some(Aligner::new(
