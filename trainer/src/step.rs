@@ -269,41 +269,25 @@ pub trait Trainer {
     fn restore(&mut self, model: &Bytes, optimizer: &Bytes) -> Result<(), CheckpointError>;
 }
 
-/// One alignment state: the trainable generator, its optimiser and everything fixed.
+/// One alignment state: the trainable generator, its optimiser and everything fixed. Every
+/// rank builds the same one.
 pub struct Aligner<'c, G: Generator> {
     /// The generator being aligned, on the autodiff device; which parameters train is its own
     /// (all of a toy network; the adapters of a LoRA-adapted one).
     pub net: G,
-    reference: Reference<G>,
-    features: Rc<dyn FeatureMap>,
-    reward: Rc<dyn Reward>,
+    pub reference: Reference<G>,
+    pub features: Rc<dyn FeatureMap>,
+    pub reward: Rc<dyn Reward>,
     /// The conditions of each step (§6.2).
-    schedule: Box<dyn Fn(usize) -> Vec<Condition>>,
-    optim: ModuleOptimizer,
-    s: Settings,
-    layout: Layout,
-    device: Device,
-    comm: &'c dyn Collective,
+    pub schedule: Box<dyn Fn(usize) -> Vec<Condition>>,
+    pub optim: ModuleOptimizer,
+    pub s: Settings,
+    pub layout: Layout,
+    pub device: Device,
+    pub comm: &'c dyn Collective,
 }
 
-impl<'c, G: Generator> Aligner<'c, G> {
-    /// `net`: the trainable generator on the autodiff device, the same on every rank.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        net: G,
-        reference: Reference<G>,
-        features: Rc<dyn FeatureMap>,
-        reward: Rc<dyn Reward>,
-        schedule: Box<dyn Fn(usize) -> Vec<Condition>>,
-        optim: ModuleOptimizer,
-        s: Settings,
-        layout: Layout,
-        device: &Device,
-        comm: &'c dyn Collective,
-    ) -> Self {
-        Self { net, reference, features, reward, schedule, optim, s, layout, device: device.clone(), comm }
-    }
-
+impl<G: Generator> Aligner<'_, G> {
     fn gather(&self, own: &Tensor<2>) -> Result<Tensor<2>, CommError> {
         sync::gather_rows(own, self.comm, &self.device)
     }

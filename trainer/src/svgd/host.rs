@@ -51,9 +51,11 @@ fn row_dists(x: &[f32], cols_t: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `Σ_j a_j b_j`, accumulated in f64 lanes of 8 partial sums (vectorisable, stable).
+/// `Σ_j term(a_j, b_j)`, accumulated in 8 f32 lanes per 512-element chunk and in f64 across
+/// chunks (vectorisable, stable; the order of operations is fixed, so every build gives the same
+/// bits).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f64 {
+fn lanes(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f64 {
     let mut acc = [0.0f32; 8];
     let mut total = 0.0f64;
     for (ca, cb) in a.chunks(512).zip(b.chunks(512)) {
@@ -61,16 +63,22 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
         let mut it_b = cb.chunks_exact(8);
         for (x, y) in (&mut it_a).zip(&mut it_b) {
             for l in 0..8 {
-                acc[l] += x[l] * y[l];
+                acc[l] += term(x[l], y[l]);
             }
         }
         for (x, y) in it_a.remainder().iter().zip(it_b.remainder()) {
-            acc[0] += x * y;
+            acc[0] += term(*x, *y);
         }
         total += acc.iter().map(|&v| v as f64).sum::<f64>();
         acc = [0.0; 8];
     }
     total
+}
+
+/// `Σ_j a_j b_j`.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    lanes(a, b, |x, y| x * y)
 }
 
 #[inline(always)]
@@ -79,26 +87,10 @@ fn sum(a: &[f32]) -> f64 {
     a.chunks(512).map(|c| dot(c, &ones[..c.len()])).sum()
 }
 
-/// `Σ_j k_j (col_j − x)`, accumulated like [`dot`].
+/// `Σ_j k_j (col_j − x)`: the kernel-weighted difference from the differences themselves.
 #[inline(always)]
 fn weighted_diff(k: &[f32], col: &[f32], x: f32) -> f64 {
-    let mut acc = [0.0f32; 8];
-    let mut total = 0.0f64;
-    for (ck, cc) in k.chunks(512).zip(col.chunks(512)) {
-        let mut it_k = ck.chunks_exact(8);
-        let mut it_c = cc.chunks_exact(8);
-        for (a, b) in (&mut it_k).zip(&mut it_c) {
-            for l in 0..8 {
-                acc[l] += a[l] * (b[l] - x);
-            }
-        }
-        for (a, b) in it_k.remainder().iter().zip(it_c.remainder()) {
-            acc[0] += a * (b - x);
-        }
-        total += acc.iter().map(|&v| v as f64).sum::<f64>();
-        acc = [0.0; 8];
-    }
-    total
+    lanes(k, col, |kj, cj| kj * (cj - x))
 }
 
 /// Rows per rayon task: enough work per task to amortise scheduling.

@@ -199,18 +199,18 @@ impl<'c, F: Family> Task<'c> for ToyTask<'c, F> {
         let net = base.clone().to_device(&self.device.clone().autodiff()).train().set_require_grad(true);
         let settings = Settings::new(cfg, Objective::Fav, cfg.model.sample_steps);
         let conditions = f.conditions;
-        self.aligner = Some(Aligner::new(
+        self.aligner = Some(Aligner {
             net,
-            Reference::Pool { pool, batch: f.ref_batch },
-            Rc::new(Identity),
-            Rc::new(ClusterReward::new(&self.device)),
-            Box::new(move |_| vec![Condition::None; conditions]),
-            AdamConfig::new().with_epsilon(1e-8).init(),
-            settings,
+            reference: Reference::Pool { pool, batch: f.ref_batch },
+            features: Rc::new(Identity),
+            reward: Rc::new(ClusterReward::new(&self.device)),
+            schedule: Box::new(move |_| vec![Condition::None; conditions]),
+            optim: AdamConfig::new().with_epsilon(1e-8).init(),
+            s: settings,
             layout,
-            &self.device,
+            device: self.device.clone(),
             comm,
-        ));
+        });
         if comm.rank() == 0 {
             self.base_bytes = Some(super::part_bytes(&base)?);
         }

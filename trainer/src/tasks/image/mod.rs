@@ -272,18 +272,18 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
         let settings = Settings::new(&cfg, objective, i.sample_steps);
         let (seed, c) = (cfg.seed, f.conditions);
         let schedule = move |step| classes_of_step(seed, step, c).into_iter().map(Condition::Class).collect();
-        self.aligner = Some(Aligner::new(
+        self.aligner = Some(Aligner {
             net,
-            Reference::Model(base),
-            reward.features.clone(),
-            reward.reward.clone(),
-            Box::new(schedule),
+            reference: Reference::Model(base),
+            features: reward.features.clone(),
+            reward: reward.reward.clone(),
+            schedule: Box::new(schedule),
             optim,
-            settings,
+            s: settings,
             layout,
-            &self.device,
+            device: self.device.clone(),
             comm,
-        ));
+        });
         self.encoder = Some(encoder);
         self.reward = Some(reward);
         Ok(())
