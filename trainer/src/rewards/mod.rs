@@ -60,9 +60,12 @@ pub struct ImageReward {
     pub reward: Rc<dyn Reward>,
 }
 
+/// Builds an image reward from the run's learned reward model.
+type MakeReward = fn(&learned::RewardModel) -> ImageReward;
+
 /// The image rewards by config name (`image.reward`), each built from the run's learned reward
 /// model (the evaluation encoder, which a reward may use or not). One line registers a reward.
-const IMAGE: &[(&str, fn(&learned::RewardModel) -> ImageReward)] =
+const IMAGE: &[(&str, MakeReward)] =
     &[("learned", learned::reward), ("jpeg_compress", jpeg::compress), ("jpeg_incompress", jpeg::incompress)];
 
 /// The image reward called `name`.
