@@ -165,12 +165,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (world, comm) = world::join(cfg.comm, cfg.device.is_cuda())?;
             let stop = signals::install(comm.rank())?;
             let job = Job { cfg: &cfg, out: &out, resume: &resume, world: &world, stop: &stop };
-            world::each_rank(comm, ranks, cfg.device.is_cuda(), |c| train(&job, c))
+            world::each_rank(comm, ranks, &cfg, |c| train(&job, c))
         }
         Command::Bench { config, overrides, runs, field_n, field_d, json, ranks } => {
             let cfg = settings::load(config.as_deref(), &overrides)?;
             let (world, comm) = world::join(cfg.comm, cfg.device.is_cuda())?;
-            world::each_rank(comm, ranks, cfg.device.is_cuda(), |c| {
+            world::each_rank(comm, ranks, &cfg, |c| {
                 bench(&cfg, c, world.device_index, runs, (field_n, field_d), json.as_deref())
             })
         }
@@ -247,6 +247,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// A non-finite quantity stopped the job (nothing of that step saved, the last good checkpoint
+/// kept).
+const EXIT_NONFINITE: u8 = 3;
+
 /// Rank 0's report of a finished job, or the exit code that ends this process: success on the
 /// other ranks, [`signals::EXIT_PREEMPTED`] when a signal stopped the job with its checkpoint
 /// saved. An error on one of several ranks aborts the whole job: its peers may be blocked in a
@@ -260,6 +264,13 @@ fn report_or_exit(
         Ok(Outcome::Finished(Some(r))) => Ok(Ok(r)),
         Ok(Outcome::Finished(None)) => Ok(Err(ExitCode::SUCCESS)),
         Ok(Outcome::Stopped { .. } | Outcome::StoppedEarly) => Ok(Err(ExitCode::from(signals::EXIT_PREEMPTED))),
+        // Every rank saw the same non-finite step: each exits alike, no abort needed.
+        Err(e @ fav_trainer::JobError::NonFinite { .. }) => {
+            if comm.rank() == 0 {
+                eprintln!("error: {e}");
+            }
+            Ok(Err(ExitCode::from(EXIT_NONFINITE)))
+        }
         Err(e) if comm.size() > 1 => {
             eprintln!("error on rank {}: {e}", comm.rank());
             comm.abort(1)

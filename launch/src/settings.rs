@@ -9,6 +9,11 @@ use std::path::Path;
 pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
     let (mut doc, origin) = match path {
         Some(p) => {
+            // A FIFO or a device would block or never end: only a regular file is a config.
+            let meta = std::fs::metadata(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+            if !meta.is_file() {
+                bail!("config file {} is not a regular file", p.display());
+            }
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
             let doc: toml::Table = toml::from_str(&text).map_err(|e| anyhow!("config file {}: {e}", p.display()))?;
@@ -31,13 +36,17 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
 /// `a.b.c=value`: the value is read as a TOML literal (`1e-4`, `true`, `[0.1, 0.2]`, `"x"`),
 /// or as a bare string when it is not one (`family=drift`).
 fn apply_override(doc: &mut toml::Table, ov: &str) -> Result<()> {
+    if ov.contains(['\n', '\r']) {
+        bail!("--set {ov:?}: one key=value per --set (this one holds a line break)");
+    }
     let (key, raw) = ov.split_once('=').ok_or_else(|| anyhow!("--set {ov:?}: expected key=value"))?;
     let key = key.trim();
     if key.is_empty() || key.split('.').any(str::is_empty) {
         bail!("--set {ov:?}: malformed key {key:?}");
     }
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Ok(mut t) if t.len() == 1 => t.remove("v").expect("parsed key"),
+        Ok(_) => bail!("--set {ov:?}: one key=value per --set"),
         Err(_) => toml::Value::String(raw.trim().to_string()),
     };
     let mut parts: Vec<&str> = key.split('.').collect();

@@ -59,12 +59,19 @@ fn open(world: &World, comm: CommKind, _cuda: bool) -> Result<Box<dyn Collective
 pub fn each_rank(
     comm: Box<dyn Collective>,
     ranks: usize,
-    cuda: bool,
+    cfg: &fav_trainer::config::Config,
     f: impl Fn(&dyn Collective) -> Result<ExitCode> + Sync,
 ) -> Result<ExitCode> {
-    if ranks <= 1 {
+    if ranks == 0 {
+        bail!("--ranks 0: a run needs at least one rank");
+    }
+    if ranks == 1 {
         return f(comm.as_ref());
     }
+    let cuda = cfg.device.is_cuda();
+    // Refuse a layout that cannot split the batch before any thread starts.
+    fav_trainer::step::Layout::new(cfg.fav.batch, cfg.fav.conditions, ranks, 0)
+        .map_err(|e| anyhow::anyhow!("--ranks {ranks}: {e}"))?;
     if comm.size() > 1 {
         bail!(
             "--ranks {ranks}: thread ranks form a world of their own, but this process is rank {} of {} \

@@ -68,7 +68,16 @@ fn resume_none_starts_afresh_and_a_changed_config_is_refused() {
     let d = tmp("fresh");
     let out = d.join("run");
     ok(train(&d, &out, &["--set", "steps=20"]).output().unwrap());
-    let err = ok(train(&d, &out, &["--set", "steps=30", "--resume", "none"]).output().unwrap());
+    // A fresh run over a store that holds another run's checkpoints is refused, naming the
+    // store, and leaves that run's files alone (issue 14: it used to mix with them).
+    let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let o = train(&d, &out, &["--set", "steps=30", "--resume", "none"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("already holds checkpoints") && err.contains("checkpoints"), "{err}");
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before, "the earlier run's outputs stay");
+    // Into a run directory of its own it starts afresh.
+    let err = ok(train(&d, &d.join("run2"), &["--set", "steps=30", "--resume", "none"]).output().unwrap());
     assert!(!err.contains("resuming from checkpoint"), "{err}");
     // A checkpoint made with another learning rate is not silently continued.
     let o = train(&d, &out, &["--set", "steps=40", "--set", "fav.lr=3e-4"]).output().unwrap();

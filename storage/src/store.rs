@@ -12,7 +12,7 @@ use object_store::{
     ClientOptions, MultipartId, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
     WriteMultipart,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,15 @@ pub enum StorageError {
     Io { url: String, op: &'static str, path: String, reason: String },
     #[error("checkpoint {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error("checkpoint store {url}: no object {path}")]
+    Missing { url: String, path: String },
+}
+
+impl StorageError {
+    /// The store is full (a local disk with no space left): retrying does not help.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, StorageError::Io { reason, .. } if reason.contains("No space left") || reason.contains("os error 28"))
+    }
 }
 
 /// A checkpoint store rooted at a prefix.
@@ -42,6 +51,9 @@ pub struct Store {
     /// Uploads that failed and could not be aborted yet (the server was down); aborting them is
     /// retried before each write and by [`Store::abort_orphans`].
     orphans: Arc<Mutex<Vec<(Path, MultipartId)>>>,
+    /// Checkpoints (`<step dir>/<attempt>`) this process wrote or verified in full: their objects
+    /// never change, so pruning need not hash them again.
+    verified: Mutex<HashSet<String>>,
 }
 
 /// Default multipart part size (S3 needs ≥ 5 MiB for all but the last part).
@@ -98,6 +110,7 @@ impl Store {
                 local_dir: None,
                 multipart: Some(os),
                 orphans: Arc::default(),
+                verified: Mutex::default(),
             });
         }
         let dir = match url.strip_prefix("file://") {
@@ -118,6 +131,7 @@ impl Store {
             local_dir: Some(dir),
             multipart: None,
             orphans: Arc::default(),
+            verified: Mutex::default(),
         })
     }
 
@@ -242,8 +256,10 @@ impl Store {
     }
 
     /// Write checkpoint `step`: every part into a fresh attempt folder, then the manifest with a
-    /// conditional create. When the step already has a manifest (it was saved before, or another
-    /// writer won), that one is kept and this attempt's parts are deleted again.
+    /// conditional create. When the step already holds an intact checkpoint (it was saved before,
+    /// or another writer won), that one is kept and this attempt's parts are deleted again; a
+    /// damaged one (a part missing, cut short or changed; an unreadable manifest) is deleted and
+    /// replaced. A failed attempt leaves no parts behind.
     pub async fn write(
         &self,
         step: u64,
@@ -252,12 +268,64 @@ impl Store {
         meta: serde_json::Value,
     ) -> Result<Manifest, StorageError> {
         self.abort_orphans().await;
-        if let Ok(existing) = self.read_manifest(step).await {
-            tracing::warn!(step, "checkpoint {} already exists; keeping it", step_dir(step));
-            return Ok(existing);
+        match self.read(step).await {
+            Ok((existing, _)) => {
+                tracing::warn!(step, "checkpoint {} already exists; keeping it", step_dir(step));
+                return Ok(existing);
+            }
+            Err(e @ StorageError::Corrupt { .. }) => {
+                tracing::warn!(step, "replacing a damaged checkpoint: {e}");
+                self.delete_step(step).await?;
+            }
+            Err(StorageError::Missing { .. }) => {}
+            Err(e) => return Err(e),
         }
         let dir = step_dir(step);
         let attempt = attempt_id();
+        let written = self.write_attempt(step, &attempt, config_hash, parts, meta).await;
+        let manifest = match written {
+            Ok(m) => m,
+            Err(e) => {
+                // No half-written attempt folder stays behind (a full disk, a dropped server).
+                let prefix = self.path(&format!("{dir}/{attempt}"));
+                if let Ok(objects) = self.os.list(Some(&prefix)).try_collect::<Vec<_>>().await {
+                    for o in objects {
+                        let _ = self.os.delete(&o.location).await;
+                    }
+                }
+                self.remove_empty_dir(step);
+                return Err(e);
+            }
+        };
+        let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        let path = self.path(&format!("{dir}/{MANIFEST}"));
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.os.put_opts(&path, PutPayload::from(body), opts).await {
+            Ok(_) => {
+                self.remember_verified(step, &manifest);
+                Ok(manifest)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                tracing::warn!(step, "another writer saved {dir} first; keeping its checkpoint");
+                for p in &manifest.parts {
+                    let _ = self.os.delete(&self.path(&format!("{dir}/{}", p.key))).await;
+                }
+                self.read_manifest(step).await
+            }
+            Err(e) => Err(self.io("put", &path, e)),
+        }
+    }
+
+    /// The parts of one save attempt and the manifest that lists them (not yet written).
+    async fn write_attempt(
+        &self,
+        step: u64,
+        attempt: &str,
+        config_hash: &str,
+        parts: Vec<(String, Bytes)>,
+        meta: serde_json::Value,
+    ) -> Result<Manifest, StorageError> {
+        let dir = step_dir(step);
         let mut listed = Vec::with_capacity(parts.len());
         for (name, data) in &parts {
             if name.is_empty() || name.contains('/') || name == MANIFEST {
@@ -271,21 +339,46 @@ impl Store {
             let sha256 = hashing.await.map_err(|e| self.io("hash", &self.path(&dir), e))?;
             listed.push(Part { name: name.clone(), key, size: data.len() as u64, sha256 });
         }
-        let manifest =
-            Manifest { version: LAYOUT_VERSION, step, config_hash: config_hash.to_string(), parts: listed, meta };
-        let body = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-        let path = self.path(&format!("{dir}/{MANIFEST}"));
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.os.put_opts(&path, PutPayload::from(body), opts).await {
-            Ok(_) => Ok(manifest),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                tracing::warn!(step, "another writer saved {dir} first; keeping its checkpoint");
-                for p in &manifest.parts {
-                    let _ = self.os.delete(&self.path(&format!("{dir}/{}", p.key))).await;
+        Ok(Manifest { version: LAYOUT_VERSION, step, config_hash: config_hash.to_string(), parts: listed, meta })
+    }
+
+    /// `step`'s checkpoint, intact (parts match the manifest): remembered, not hashed again.
+    fn remember_verified(&self, step: u64, m: &Manifest) {
+        let attempt = m.parts.first().map_or("", |p| p.key.split('/').next().unwrap_or(""));
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(format!("{}/{attempt}", step_dir(step)));
+    }
+
+    fn is_verified(&self, step: u64, m: &Manifest) -> bool {
+        let attempt = m.parts.first().map_or("", |p| p.key.split('/').next().unwrap_or(""));
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(&format!("{}/{attempt}", step_dir(step)))
+    }
+
+    /// Delete every object of `step`, the manifest first (a half-deleted folder is never taken
+    /// for complete).
+    async fn delete_step(&self, step: u64) -> Result<(), StorageError> {
+        let prefix = self.path(&step_dir(step));
+        let objects: Vec<_> =
+            self.os.list(Some(&prefix)).try_collect().await.map_err(|e| self.io("list", &prefix, e))?;
+        let (manifests, others): (Vec<_>, Vec<_>) =
+            objects.into_iter().partition(|o| o.location.filename() == Some(MANIFEST));
+        for o in manifests.into_iter().chain(others) {
+            self.os.delete(&o.location).await.map_err(|e| self.io("delete", &o.location, e))?;
+        }
+        self.remove_empty_dir(step);
+        Ok(())
+    }
+
+    /// A local store keeps emptied folders; remove them (S3 has no folders).
+    fn remove_empty_dir(&self, step: u64) {
+        if let Some(dir) = &self.local_dir {
+            let d = dir.join(step_dir(step));
+            // Attempt folders first, then the step folder; only empty ones go.
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir(e.path());
                 }
-                self.read_manifest(step).await
             }
-            Err(e) => Err(self.io("put", &path, e)),
+            let _ = std::fs::remove_dir(&d);
         }
     }
 
@@ -310,7 +403,12 @@ impl Store {
 
     /// The whole object at `path`.
     async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
-        let res = self.os.get(path).await.map_err(|e| self.io("get", path, e))?;
+        let res = self.os.get(path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => {
+                StorageError::Missing { url: self.url.clone(), path: path.to_string() }
+            }
+            e => self.io("get", path, e),
+        })?;
         res.bytes().await.map_err(|e| self.io("get", path, e))
     }
 
@@ -337,7 +435,12 @@ impl Store {
                 return Err(StorageError::Corrupt { path, reason: format!("bad part key {:?}", p.key) });
             }
             let path = self.path(&format!("{}/{}", step_dir(step), p.key));
-            let data = self.get(&path).await?;
+            let data = self.get(&path).await.map_err(|e| match e {
+                StorageError::Missing { .. } => {
+                    StorageError::Corrupt { path: path.to_string(), reason: "part missing".into() }
+                }
+                e => e,
+            })?;
             if data.len() as u64 != p.size {
                 let reason = format!("{} bytes, the manifest says {}", data.len(), p.size);
                 return Err(StorageError::Corrupt { path: path.to_string(), reason });
@@ -347,6 +450,7 @@ impl Store {
             }
             parts.insert(p.name.clone(), data);
         }
+        self.remember_verified(step, &m);
         Ok((m, parts))
     }
 
@@ -357,7 +461,7 @@ impl Store {
             match self.read(step).await {
                 Ok(found) => return Ok(Some(found)),
                 Err(e @ StorageError::Corrupt { .. }) => tracing::warn!("skipping checkpoint: {e}"),
-                Err(StorageError::Io { op: "get", ref path, .. }) if path.ends_with(MANIFEST) => {
+                Err(StorageError::Missing { .. }) => {
                     tracing::debug!(step, "no manifest: an incomplete or in-progress checkpoint")
                 }
                 Err(e) => return Err(e),
@@ -366,40 +470,56 @@ impl Store {
         Ok(None)
     }
 
-    /// Keep the newest `keep` complete checkpoints (at least one); delete older complete ones and
-    /// incomplete folders older than the newest complete one. Folders newer than that may be
-    /// uploads in progress and are left alone.
+    /// Keep the newest `keep` intact checkpoints (at least one) and delete the rest: older
+    /// intact ones, damaged ones (a manifest whose parts do not match it: they never count as
+    /// kept), and folders without a manifest older than the newest intact checkpoint. Folders
+    /// without a manifest newer than that may be uploads in progress and are left alone.
+    /// Checkpoints are verified in full once per process (their objects never change after).
     pub async fn prune(&self, keep: usize) -> Result<Vec<u64>, StorageError> {
         let steps = self.steps().await?;
-        let mut complete = Vec::new();
+        let mut intact = Vec::new();
+        let mut doomed = Vec::new();
         for &s in &steps {
-            if self.read_manifest(s).await.is_ok() {
-                complete.push(s);
+            match self.read_manifest(s).await {
+                Ok(m) if self.is_verified(s, &m) => intact.push(s),
+                Ok(_) => match self.read(s).await {
+                    Ok(_) => intact.push(s),
+                    Err(e @ StorageError::Corrupt { .. }) => {
+                        tracing::warn!("deleting a damaged checkpoint: {e}");
+                        doomed.push(s);
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e @ StorageError::Corrupt { .. }) => {
+                    tracing::warn!("deleting a damaged checkpoint: {e}");
+                    doomed.push(s);
+                }
+                Err(_) => {}
             }
         }
-        let Some(&newest) = complete.first() else { return Ok(Vec::new()) };
-        let kept: Vec<u64> = complete.iter().copied().take(keep.max(1)).collect();
+        let Some(&newest) = intact.first() else { return Ok(Vec::new()) };
+        let kept: Vec<u64> = intact.iter().copied().take(keep.max(1)).collect();
         let mut deleted = Vec::new();
         for s in steps {
-            if s > newest || kept.contains(&s) {
+            if !doomed.contains(&s) && (s > newest || kept.contains(&s)) {
                 continue;
             }
-            let prefix = self.path(&step_dir(s));
-            let objects: Vec<_> =
-                self.os.list(Some(&prefix)).try_collect().await.map_err(|e| self.io("list", &prefix, e))?;
-            // The manifest goes first, so a half-deleted folder is never taken for complete.
-            let (manifests, others): (Vec<_>, Vec<_>) =
-                objects.into_iter().partition(|o| o.location.filename() == Some(MANIFEST));
-            for o in manifests.into_iter().chain(others) {
-                self.os.delete(&o.location).await.map_err(|e| self.io("delete", &o.location, e))?;
-            }
-            if let Some(dir) = &self.local_dir {
-                // Only empty folders are left once every object is deleted.
-                let _ = std::fs::remove_dir_all(dir.join(step_dir(s)));
-            }
+            self.delete_step(s).await?;
             deleted.push(s);
         }
         Ok(deleted)
+    }
+
+    /// Whether any checkpoint (intact or not) is in the store: a fresh run must not mix with it.
+    pub async fn any_checkpoint(&self) -> Result<Option<u64>, StorageError> {
+        for step in self.steps().await? {
+            match self.read_manifest(step).await {
+                Ok(_) | Err(StorageError::Corrupt { .. }) => return Ok(Some(step)),
+                Err(StorageError::Missing { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 }
 

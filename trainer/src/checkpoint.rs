@@ -110,6 +110,16 @@ pub fn open(
     let part = c.part_size_mib << 20;
     let saver =
         if c.every > 0 || *resume == Resume::Auto { Some(Saver::open(&url, part, c.keep, c.timeout_s)?) } else { None };
+    if let (Resume::Fresh, Some(s)) = (resume, &saver) {
+        if let Some(step) = s.any_checkpoint()? {
+            return Err(fmt_err(format!(
+                "checkpoint store {} already holds checkpoints (the newest at step {step}): a fresh run \
+                 (--resume none) would mix with them and overwrite that run's outputs; continue it with \
+                 --resume auto, or give this run its own --out or checkpoint.url",
+                s.url()
+            )));
+        }
+    }
     let resumed = match resume {
         Resume::Fresh => None,
         Resume::Auto => match &saver {
@@ -158,6 +168,11 @@ impl Saver {
 
     pub fn url(&self) -> &str {
         self.store.url()
+    }
+
+    /// The step of any checkpoint in the store (intact or not), if there is one.
+    pub fn any_checkpoint(&self) -> Result<Option<u64>, CheckpointError> {
+        Ok(self.rt.block_on(self.store.any_checkpoint())?)
     }
 
     /// The newest intact checkpoint, if any.
@@ -243,6 +258,9 @@ async fn save_and_prune(
         let mut delay = std::time::Duration::from_secs(1);
         loop {
             match store.write(step, &config_hash, parts.clone(), meta.clone()).await {
+                // A full disk stays full: fail this save now (training goes on, the previous
+                // checkpoint stays the latest) instead of retrying until the timeout.
+                Err(e) if e.is_out_of_space() => return Err(e),
                 Err(e) if delay <= std::time::Duration::from_secs(16) => {
                     tracing::warn!(step, retry_in_s = delay.as_secs(), "checkpoint upload failed: {e}");
                     tokio::time::sleep(delay).await;

@@ -219,6 +219,19 @@ pub struct FavConfig {
     pub max_grad_norm: f64,
     /// Kernel entries materialised at once by the transport field.
     pub tile_elems: usize,
+    /// A step with a non-finite loss, particle, reward, score, field or gradient: `stop` the
+    /// job (exit 3, the last good checkpoint kept), or `skip` its update, at most
+    /// `nonfinite_skips` times.
+    pub nonfinite: NonFinite,
+    pub nonfinite_skips: usize,
+}
+
+/// What a non-finite step does to the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinite {
+    Stop,
+    Skip,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -319,6 +332,8 @@ impl Default for FavConfig {
             nes_samples: 16,
             max_grad_norm: 0.0,
             tile_elems: 1 << 20,
+            nonfinite: NonFinite::Stop,
+            nonfinite_skips: 3,
         }
     }
 }

@@ -24,10 +24,26 @@ pub enum JobError {
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("asked to stop at step {step}, but its checkpoint could not be saved: {reason}")]
     StopUnsaved { step: usize, reason: String },
+    /// Every rank saw it: the step was refused, nothing of it was saved, and the checkpoints
+    /// already in the store (the last good one) stay.
+    #[error(
+        "non-finite {what} at step {step}: the job stops without saving that step; the last good checkpoint \
+         is kept (lower fav.lr, check the base weights and fav.temps_*, or set fav.nonfinite = \"skip\")"
+    )]
+    NonFinite { what: &'static str, step: usize },
     /// A stop was requested while rank 0 was still training a frozen model (base or reward
     /// model); nothing is saved, so a rerun trains it again. Becomes `Outcome::StoppedEarly`.
     #[error("stopped while training the {0}")]
     StoppedPreparing(&'static str),
+}
+
+impl From<crate::step::StepError> for JobError {
+    fn from(e: crate::step::StepError) -> Self {
+        match e {
+            crate::step::StepError::Comm(e) => JobError::Comm(e),
+            crate::step::StepError::NonFinite { what, step } => JobError::NonFinite { what, step },
+        }
+    }
 }
 
 /// A run-directory error naming the file.

@@ -151,8 +151,12 @@ pub struct EmaBest {
 impl EmaBest {
     const NEW: f64 = 0.3;
 
-    /// Feed the MMD² of the evaluation at `step`; true when its EMA is the lowest so far.
+    /// Feed the MMD² of the evaluation at `step`; true when its EMA is the lowest so far. A
+    /// non-finite MMD² is never best and leaves the average alone.
     pub fn offer(&mut self, mmd2: f64, step: usize) -> bool {
+        if !mmd2.is_finite() {
+            return false;
+        }
         let ema = self.ema.map_or(mmd2, |e| Self::NEW * mmd2 + (1.0 - Self::NEW) * e);
         self.ema = Some(ema);
         let better = self.best.is_none_or(|(b, _)| ema < b);

@@ -53,8 +53,9 @@ pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Re
     let mut task = tasks::build(cfg, &cfg.burn_device(env.device_index))?;
 
     let prepared = if lead {
-        start_run_dir(cfg, out).and_then(|_| {
-            let (saver, resumed) = checkpoint::open(cfg, out, &env.resume)?;
+        // The store first: a refused start (another run's checkpoints) touches nothing.
+        checkpoint::open(cfg, out, &env.resume).map_err(JobError::from).and_then(|(saver, resumed)| {
+            start_run_dir(cfg, out)?;
             task.prepare(resumed.as_ref(), obs, stop)?;
             Ok((saver, resumed))
         })
@@ -91,7 +92,16 @@ pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Re
     obs.phase("align", cfg.steps);
     obs.progress(start, f64::NAN);
     for step in start..cfg.steps {
-        let stats = task.trainer().step(step)?;
+        let stats = match task.trainer().step(step) {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing of this step is saved; the saves already under way are good ones.
+                if let Some(saver) = saver.as_mut() {
+                    let _ = saver.flush();
+                }
+                return Err(e.into());
+            }
+        };
         timings.add(&stats.timings);
         let done = step + 1;
         obs.progress(done, stats.loss);
@@ -99,11 +109,24 @@ pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Re
             sync::check_in_sync(task.trainer().digest(), comm, done).map_err(JobError::Diverged)?;
         }
         let stopping = sync::any_rank(stop.load(Ordering::Relaxed), comm)?;
-        if let Some(log) = metrics.as_mut().filter(|_| due(done, cfg.eval.every, cfg.steps)) {
-            let e = task.evaluate(done, &stats, wall())?;
-            log.append(&e.line)?;
-            lines.push(e.line);
-            obs.eval(e.reward, &e.display);
+        if due(done, cfg.eval.every, cfg.steps) {
+            // Rank 0 evaluates; weights whose samples score non-finite stop every rank, unsaved.
+            let mut finite = true;
+            if let Some(log) = metrics.as_mut() {
+                let e = task.evaluate(done, &stats, wall())?;
+                finite = e.finite;
+                if finite {
+                    log.append(&e.line)?;
+                    lines.push(e.line);
+                    obs.eval(e.reward, &e.display);
+                }
+            }
+            if sync::any_rank(!finite, comm)? {
+                if let Some(saver) = saver.as_mut() {
+                    let _ = saver.flush();
+                }
+                return Err(JobError::NonFinite { what: "evaluation", step: done });
+            }
         }
         if let Some(saver) = saver.as_mut().filter(|_| stopping || due(done, cfg.checkpoint.every, cfg.steps)) {
             let (model, optimizer) = task.trainer().state()?;

@@ -180,6 +180,9 @@ pub struct Settings {
     pub reward_grad: RewardGrad,
     pub nes_sigma: f64,
     pub nes_samples: usize,
+    /// Steps with a non-finite quantity that may be skipped (no update) before the job stops;
+    /// 0: the first one stops it.
+    pub nonfinite_skips: usize,
 }
 
 impl Settings {
@@ -196,8 +199,32 @@ impl Settings {
             reward_grad: f.reward_grad,
             nes_sigma: f.nes_sigma,
             nes_samples: f.nes_samples,
+            nonfinite_skips: match f.nonfinite {
+                crate::config::NonFinite::Stop => 0,
+                crate::config::NonFinite::Skip => f.nonfinite_skips,
+            },
         }
     }
+}
+
+/// What a step checks for finiteness, in the order it computes them.
+pub const CHECKED: [&str; 7] =
+    ["particles", "reward", "reward gradient", "total score", "field", "loss", "gradient norm"];
+
+/// Why a step could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Comm(#[from] CommError),
+    /// A non-finite quantity (one of [`CHECKED`], or `parameters` after the update), seen by
+    /// every rank at once.
+    #[error("non-finite {what} at step {step}")]
+    NonFinite { what: &'static str, step: usize },
+}
+
+/// Whether every value is finite.
+fn finite(t: &Tensor<2>) -> bool {
+    to_vec(t).iter().all(|v| v.is_finite())
 }
 
 /// Run `f`, adding its seconds to `slot`.
@@ -256,11 +283,15 @@ pub struct StepStats {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     pub timings: Timings,
+    /// The step was skipped (no update) for this non-finite quantity (`fav.nonfinite = "skip"`).
+    pub skipped: Option<&'static str>,
 }
 
 /// What the run loop drives, whatever the task: one step, the state to checkpoint, a resume.
 pub trait Trainer {
-    fn step(&mut self, step: usize) -> Result<StepStats, CommError>;
+    /// One step; a non-finite quantity is refused on every rank alike (the update is skipped,
+    /// or the step fails, as `fav.nonfinite` says).
+    fn step(&mut self, step: usize) -> Result<StepStats, StepError>;
     /// SHA-256 of the trainable module's parameters (first 8 bytes): equal on every rank.
     fn digest(&self) -> [u8; 8];
     /// The trainable module (record bytes, parameter ids included) and its optimiser state.
@@ -285,6 +316,8 @@ pub struct Aligner<'c, G: Generator> {
     pub layout: Layout,
     pub device: Device,
     pub comm: &'c dyn Collective,
+    /// Steps skipped so far for a non-finite quantity.
+    pub skipped: usize,
 }
 
 impl<G: Generator> Aligner<'_, G> {
@@ -314,13 +347,15 @@ impl<G: Generator> Aligner<'_, G> {
 
 impl<G: Generator> Trainer for Aligner<'_, G> {
     /// One step over the step's conditions.
-    fn step(&mut self, step: usize) -> Result<StepStats, CommError> {
+    fn step(&mut self, step: usize) -> Result<StepStats, StepError> {
         let ad = self.device.clone().autodiff();
         let Layout { k, c, .. } = self.layout;
         let own = self.layout.own();
         let mut t = Timings::default();
         let mut surrogate: Option<Tensor<1>> = None;
         let (mut loss_sum, mut reward_sum, mut d) = (0.0f64, 0.0f64, 1);
+        // Per quantity of CHECKED: whether this rank saw it non-finite (summed over ranks below).
+        let mut bad = [0.0f32; 5];
         for (ci, cond) in (self.schedule)(step).into_iter().enumerate() {
             let gen_seeds: Vec<u64> = self.layout.gen_seeds(step, ci).collect();
             let grad_steps = match self.s.objective {
@@ -335,7 +370,9 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
             // §3.4: the field is computed on detached particles, off the autodiff graph.
             let xd = x.clone().detach().without_autodiff();
             d = xd.dims()[1];
+            bad[0] += f32::from(!finite(&xd));
             let r_sum = to_vec(&self.reward.value(&xd, cond)).iter().map(|&r| f64::from(r)).sum::<f64>();
+            bad[1] += f32::from(!r_sum.is_finite());
             reward_sum += r_sum;
             // ∂L/∂x of the own rows, already scaled for the SUM all-reduce (§6.5).
             let grad = match self.s.objective {
@@ -344,6 +381,7 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                     // over ranks; it reaches the generator as x·stopgrad(∇r(x)).
                     let g = timed(&mut t.field, || self.reward.grad(&xd, cond))
                         .expect("validated: DRaFT needs a differentiable reward");
+                    bad[2] += f32::from(!finite(&g));
                     loss_sum -= multiplier * r_sum;
                     g.mul_scalar(-multiplier / (k * c) as f64)
                 }
@@ -352,22 +390,26 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                     let x_all = timed(&mut t.comm, || self.gather(&xd))?;
                     // §6.7: scores of own rows only, then shared. A black-box gradient is
                     // estimated once per particle, by the rank that owns it.
-                    let u_own = timed(&mut t.field, || {
+                    let (g, u_own) = timed(&mut t.field, || {
                         let key = NesKey { seed: self.s.seed, step, condition: ci };
                         let (sigma, samples) = (self.s.nes_sigma, self.s.nes_samples);
                         let nes = Nes { particle_seeds: &gen_seeds, key, sigma, samples };
                         let g = field_grad(self.reward.as_ref(), &xd, cond, self.s.reward_grad, nes);
-                        svgd::total_score(&xd, &y_all, &g, &self.s.field).total
+                        let u = svgd::total_score(&xd, &y_all, &g, &self.s.field).total;
+                        (g, u)
                     });
+                    bad[2] += f32::from(!finite(&g));
+                    bad[3] += f32::from(!finite(&u_own));
                     let u_all = timed(&mut t.comm, || self.gather(&u_own))?;
-                    timed(&mut t.field, || {
+                    let v = timed(&mut t.field, || {
                         let first = self.layout.first_row();
-                        let v = svgd::velocity(&xd, &x_all, &u_all, k, first, &self.s.field).velocity;
-                        // ∂L/∂x = −2v/(m·D) per chunk of m own rows, scaled by m/(K·C): −2v/(K·D·C).
-                        let (loss_own, grad) = svgd::regression_grad(&v, own);
-                        loss_sum += loss_own * (own * d) as f64;
-                        grad.mul_scalar(own as f64 / (k * c) as f64)
-                    })
+                        svgd::velocity(&xd, &x_all, &u_all, k, first, &self.s.field).velocity
+                    });
+                    bad[4] += f32::from(!finite(&v));
+                    // ∂L/∂x = −2v/(m·D) per chunk of m own rows, scaled by m/(K·C): −2v/(K·D·C).
+                    let (loss_own, grad) = svgd::regression_grad(&v, own);
+                    loss_sum += loss_own * (own * d) as f64;
+                    grad.mul_scalar(own as f64 / (k * c) as f64)
                 }
             };
             let term = (x * grad.autodiff()).sum();
@@ -378,18 +420,37 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
         }
         let surrogate = surrogate.expect("≥ 1 condition per step");
         let grads = timed(&mut t.backward, || GradientsParams::from_grads(surrogate.backward(), &self.net));
-        let mut totals = [loss_sum as f32, reward_sum as f32];
+        let mut totals = [loss_sum as f32, reward_sum as f32, bad[0], bad[1], bad[2], bad[3], bad[4]];
         let (grads, grad_norm) = timed(&mut t.comm, || {
             let reduced = sync::all_reduce_grads(&self.net, grads, self.comm, &self.device, self.s.max_grad_norm)?;
             self.comm.all_reduce_sum(&mut totals)?;
             Ok::<_, CommError>(reduced)
         })?;
-        self.net = timed(&mut t.backward, || self.optim.step(self.s.lr, self.net.clone(), grads));
         let loss = match self.s.objective {
             Objective::Fav => totals[0] as f64 / (k * c * d) as f64,
             Objective::Draft { .. } => totals[0] as f64 / (k * c) as f64,
         };
-        Ok(StepStats { loss, reward: totals[1] as f64 / (k * c) as f64, grad_norm, timings: t })
+        let reward = totals[1] as f64 / (k * c) as f64;
+        // The first quantity any rank saw non-finite, then the global loss and gradient norm:
+        // every rank holds the same numbers, so all decide alike.
+        let seen = (0..5).find(|&i| totals[2 + i] > 0.0).map(|i| CHECKED[i]);
+        let bad_now =
+            seen.or((!loss.is_finite()).then_some(CHECKED[5])).or((!grad_norm.is_finite()).then_some(CHECKED[6]));
+        if let Some(what) = bad_now {
+            if self.skipped >= self.s.nonfinite_skips {
+                return Err(StepError::NonFinite { what, step });
+            }
+            self.skipped += 1;
+            tracing::warn!(step, skipped = self.skipped, "non-finite {what}: step skipped, no update");
+            return Ok(StepStats { loss, reward, grad_norm, timings: t, skipped: Some(what) });
+        }
+        let next = timed(&mut t.backward, || self.optim.step(self.s.lr, self.net.clone(), grads));
+        // The update itself can overflow (a huge learning rate): never keep such weights.
+        if !sync::all_finite(&next) {
+            return Err(StepError::NonFinite { what: "parameters", step });
+        }
+        self.net = next;
+        Ok(StepStats { loss, reward, grad_norm, timings: t, skipped: None })
     }
 
     fn digest(&self) -> [u8; 8] {

@@ -94,6 +94,21 @@ pub fn all_reduce_grads<M: Module>(
     Ok((unflatten(module, &flat, device), norm))
 }
 
+/// Whether every trainable parameter of `module` is finite.
+pub fn all_finite<M: Module>(module: &M) -> bool {
+    struct Finite(bool);
+    impl ModuleVisitor for Finite {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if self.0 && trainable(p) {
+                self.0 = values(p.val()).iter().all(|v| v.is_finite());
+            }
+        }
+    }
+    let mut f = Finite(true);
+    module.visit(&mut f);
+    f.0
+}
+
 struct Values(Vec<f32>);
 
 impl ModuleVisitor for Values {

@@ -66,6 +66,9 @@ pub fn load<M: Module>(module: M, path: &Path) -> Result<M, WeightsError> {
 
 /// Load `path` (safetensors or a PyTorch checkpoint) into `module` through `map`.
 pub fn load_mapped<M: Module>(mut module: M, path: &Path, map: &NameMap) -> Result<M, WeightsError> {
+    if path.is_dir() {
+        return Err(read_err(path, "is a directory, not a weights file"));
+    }
     if !path.is_file() {
         return Err(read_err(path, "no such file"));
     }
@@ -81,7 +84,7 @@ pub fn load_mapped<M: Module>(mut module: M, path: &Path, map: &NameMap) -> Resu
             .allow_partial(true)
             .validate(false);
         let res = module.load_from(&mut store).map_err(|e| read_err(path, e))?;
-        refuse_misfits(&res).map_err(|reason| read_err(path, reason))?;
+        refuse_misfits(&res).and_then(|_| refuse_non_finite(&module)).map_err(|reason| read_err(path, reason))?;
         return Ok(module);
     }
     let tensors = SafetensorsStore::from_file(path)
@@ -111,7 +114,38 @@ fn apply<M: Module>(mut module: M, tensors: Vec<burn::store::burn_pack::Tensor>,
         if map.pytorch_layout { Box::new(ChainAdapter::new(PyTorchToBurnAdapter, cast)) } else { Box::new(cast) };
     let res = module.apply(tensors, None, Some(adapter), false);
     refuse_misfits(&res)?;
+    refuse_non_finite(&module)?;
     Ok(module)
+}
+
+/// A weights file with NaN or infinity in it is damaged: name the first such tensor.
+fn refuse_non_finite<M: Module>(module: &M) -> Result<(), String> {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    #[derive(Default)]
+    struct Find {
+        path: Vec<String>,
+        bad: Option<String>,
+    }
+    impl ModuleVisitor for Find {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if self.bad.is_none() && !crate::tensors::to_vec(&p.val()).iter().all(|v| v.is_finite()) {
+                self.bad = Some(self.path.join("."));
+            }
+        }
+    }
+    let mut f = Find::default();
+    module.visit(&mut f);
+    match f.bad {
+        Some(name) => Err(format!("tensor {name} holds NaN or infinite values")),
+        None => Ok(()),
+    }
 }
 
 /// A short list of names for an error message.

@@ -47,11 +47,13 @@ pub trait Task<'c> {
     fn finish(&mut self, out: &Path, metrics: &[String], run: &RunInfo) -> Result<Report, JobError>;
 }
 
-/// One evaluation: its `metrics.jsonl` line, a line for people, and the mean reward.
+/// One evaluation: its `metrics.jsonl` line, a line for people, the mean reward, and whether
+/// every score is finite (a model whose samples score NaN is diverged, whatever its weights).
 pub struct Evaluation {
     pub line: String,
     pub display: String,
     pub reward: f64,
+    pub finite: bool,
 }
 
 /// What the loop knows of the run when it ends.
@@ -182,9 +184,24 @@ pub fn load_or_train<M: Module>(
             Err(e) => tracing::warn!("ignoring unusable cached {what} ({e}); training again"),
         }
     }
+    // Minutes of training must not be lost to a cache that cannot be written: check it first.
+    writable_dir(&cache)?;
     let m = train().ok_or(JobError::StoppedPreparing(what))?;
     crate::weights::save(&m, &cache)?;
     Ok((m, cache.display().to_string()))
+}
+
+/// The folder of `file` exists (or can be made) and takes a new file.
+fn writable_dir(file: &Path) -> Result<(), JobError> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".fav-write-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&probe, b""))
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            let reason = format!("pretrain.cache_dir cannot hold the trained model: {e}");
+            crate::error::dir_err(dir, reason)
+        })
 }
 
 /// The weights of a checkpoint part.

@@ -210,6 +210,7 @@ impl<'c, F: Family> Task<'c> for ToyTask<'c, F> {
             layout,
             device: self.device.clone(),
             comm,
+            skipped: 0,
         });
         if comm.rank() == 0 {
             self.base_bytes = Some(super::part_bytes(&base)?);
@@ -262,7 +263,10 @@ impl<'c, F: Family> Task<'c> for ToyTask<'c, F> {
         let e = &self.eval.as_ref().expect("baseline first").evaluator;
         let s = e.score(&e.samples(&net), &e.target);
         let rec = EvalRecord { step, loss: stats.loss, kl: s.kl, mmd2: s.mmd2, reward_mean: s.reward_mean, wall_s };
-        self.best.offer(&rec, &net)?;
+        let finite = [rec.kl, rec.mmd2, rec.reward_mean].iter().all(|v| v.is_finite());
+        if finite {
+            self.best.offer(&rec, &net)?;
+        }
         Ok(Evaluation {
             line: serde_json::to_string(&rec).expect("record serialises"),
             display: format!(
@@ -270,6 +274,7 @@ impl<'c, F: Family> Task<'c> for ToyTask<'c, F> {
                 rec.step, rec.kl, rec.mmd2, rec.reward_mean, rec.loss
             ),
             reward: rec.reward_mean,
+            finite,
         })
     }
 

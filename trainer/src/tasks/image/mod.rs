@@ -283,6 +283,7 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
             layout,
             device: self.device.clone(),
             comm,
+            skipped: 0,
         });
         self.encoder = Some(encoder);
         self.reward = Some(reward);
@@ -323,6 +324,7 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
                 step, e.reward_mean, e.diversity, stats.loss
             ),
             reward: e.reward_mean,
+            finite: [e.reward_mean, e.reward_std, e.diversity].iter().all(|v| v.is_finite()),
         })
     }
 
