@@ -122,6 +122,19 @@ enum Command {
         #[arg(long)]
         job_name: Option<String>,
     },
+    /// Estimate the memory a job needs per rank (models, optimiser state, activations, field,
+    /// evaluation) and whether it fits this machine.
+    Plan {
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Data-parallel ranks of the job.
+        #[arg(long, default_value_t = 1)]
+        ranks: usize,
+        /// Of those, ranks on this machine (default: all).
+        #[arg(long)]
+        ranks_here: Option<usize>,
+    },
     /// Print the resolved configuration (defaults, file and overrides) as TOML.
     Config {
         config: Option<PathBuf>,
@@ -227,6 +240,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan { config, overrides, ranks, ranks_here } => {
+            let cfg = settings::load(config.as_deref(), &overrides)?;
+            if ranks == 0 {
+                anyhow::bail!("--ranks 0: a run needs at least one rank");
+            }
+            let plan = fav_trainer::plan::plan(&cfg, ranks)?;
+            print!("{}", plan.table());
+            let here = ranks_here.unwrap_or(ranks).min(ranks);
+            let need = fav_trainer::plan::human(plan.total() * here as f64);
+            match fav_trainer::plan::available() {
+                Some(avail) => {
+                    let verdict =
+                        plan.check(here, avail).map_or_else(|e| format!("does not fit: {e}"), |_| "fits".into());
+                    println!(
+                        "{here} rank(s) on this machine: {need} of {} available — {verdict}",
+                        fav_trainer::plan::human(avail)
+                    );
+                }
+                None => println!("{here} rank(s) on this machine: {need} (available memory unknown)"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config { config, overrides } => {
             let cfg = settings::load(config.as_deref(), &overrides)?;
             print!("{}", toml::to_string_pretty(&cfg)?);
@@ -319,7 +354,8 @@ fn train(job: &Job, comm: &dyn fav_comm::Collective) -> Result<ExitCode> {
             task = ?cfg.task, family = %cfg.family(), steps = cfg.steps, seed = cfg.seed, "starting");
     }
     let mut reporter = progress::Reporter::new(comm.rank() == 0);
-    let env = fav_trainer::Env { comm, resume: resume.clone(), stop, device_index: world.device_index };
+    let env =
+        fav_trainer::Env { comm, resume: resume.clone(), stop, device_index: world.device_index, local_ranks: here };
     let result = fav_trainer::run_on(cfg, out, &mut reporter, &env);
     drop(reporter);
     match report_or_exit(result, comm)? {

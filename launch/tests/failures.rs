@@ -199,3 +199,40 @@ fn smaller_bad_inputs_are_refused_naming_them() {
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     refused(fav().arg("config").arg(&fifo), &["not a regular file", "config.toml"]);
 }
+
+/// Sizes that cannot fit are refused before any work (no pretraining, no allocation abort),
+/// naming the key and the estimate; `fav plan` prints the estimate part by part.
+#[test]
+fn sizes_that_cannot_fit_are_refused_before_any_work() {
+    let d = tmp("sizes");
+    let image = ["task=\"image\"", "eval.samples=320"];
+    for (extra, key) in [
+        (vec!["fav.batch=1000000000000"], "fav.batch"),
+        (vec!["eval.samples=100000000000000"], "eval.samples"),
+        (vec!["fav.conditions=1000000"], "fav.conditions"),
+        (image.iter().copied().chain(["image.lora_rank=100000"]).collect(), "image.lora_rank"),
+    ] {
+        let t = std::time::Instant::now();
+        let o = train(&d, &d.join(key), &extra).output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{key}: {err}");
+        assert!(err.contains(&format!("`{key}`")) && !err.contains("panicked"), "{key}: {err}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "{key}: refused before pretraining");
+        assert!(!d.join("cache").exists(), "{key}: nothing was pretrained");
+    }
+    let o = fav().args(["plan", "--set", "fav.batch=4096", "--ranks", "2"]).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for part in [
+        "frozen models",
+        "optimiser state",
+        "activations",
+        "kernel tiles",
+        "reference pool",
+        "evaluation",
+        "total per rank",
+        "fits",
+    ] {
+        assert!(text.contains(part), "`fav plan` shows {part}: {text}");
+    }
+}

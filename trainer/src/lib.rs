@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod models;
 pub mod noise;
 pub mod observe;
+pub mod plan;
 pub mod plot;
 pub mod rewards;
 pub mod run;

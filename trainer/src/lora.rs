@@ -76,6 +76,20 @@ pub fn layers<M: Module>(module: &M) -> Vec<String> {
         .collect()
 }
 
+/// `(fan_in, fan_out)` of each targeted layer's weight: `(in, out)` of a linear `[in, out]`,
+/// `(in·kh·kw, out)` of a convolution `[out, in, kh, kw]` — an adapter of rank r has
+/// `r·(fan_in + fan_out)` numbers.
+pub fn layer_shapes<M: Module>(module: &M, targets: &Targets) -> Vec<(usize, usize)> {
+    params(module, false)
+        .into_iter()
+        .filter(|(p, _, _)| targets.0.iter().any(|t| *p == format!("{t}.weight")))
+        .map(|(_, dims, _)| match dims.len() {
+            2 => (dims[0], dims[1]),
+            _ => (dims[1..].iter().product(), dims[0]),
+        })
+        .collect()
+}
+
 /// Which layers get adapters, by module path (`fc`, `convs.2`, …).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Targets(pub Vec<String>);

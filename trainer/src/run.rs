@@ -37,6 +37,8 @@ pub struct Env<'a> {
     pub resume: Resume,
     pub stop: &'a AtomicBool,
     pub device_index: usize,
+    /// Ranks sharing this machine's memory (this process's and its neighbours').
+    pub local_ranks: usize,
 }
 
 /// Run the job of `cfg` into `out` on every rank of `env.comm`. Rank 0 prepares the frozen
@@ -47,6 +49,11 @@ pub struct Env<'a> {
 pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Result<Outcome, JobError> {
     crate::validate(cfg)?;
     let (comm, stop) = (env.comm, env.stop);
+    // What cannot fit the machine is refused before any work (a GPU's memory is not checked).
+    let plan = crate::plan::plan(cfg, comm.size())?;
+    if let (false, Some(available)) = (cfg.device.is_cuda(), crate::plan::available()) {
+        plan.check(env.local_ranks, available)?;
+    }
     crate::step::Layout::new(cfg.fav.batch, cfg.fav.conditions, comm.size(), comm.rank()).map_err(JobError::Layout)?;
     let t0 = Instant::now();
     let lead = comm.rank() == 0;
@@ -175,8 +182,9 @@ pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Re
 
 /// Run the whole job in this process, as rank 0 of one.
 pub fn run(cfg: &Config, out: &Path, obs: &mut dyn Observer) -> Result<Report, JobError> {
+    let stop = AtomicBool::new(false);
     let env =
-        Env { comm: &fav_comm::SingleProcess, resume: Resume::Auto, stop: &AtomicBool::new(false), device_index: 0 };
+        Env { comm: &fav_comm::SingleProcess, resume: Resume::Auto, stop: &stop, device_index: 0, local_ranks: 1 };
     match run_on(cfg, out, obs, &env)? {
         Outcome::Finished(r) => Ok(*r.expect("rank 0 has a report")),
         Outcome::Stopped { .. } | Outcome::StoppedEarly => unreachable!("nothing asks this job to stop"),

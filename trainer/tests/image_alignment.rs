@@ -50,7 +50,7 @@ fn config(cache: &Path) -> Config {
 }
 
 fn env(stop: &AtomicBool) -> Env<'_> {
-    Env { comm: &fav_comm::SingleProcess, resume: Resume::Fresh, stop, device_index: 0 }
+    Env { comm: &fav_comm::SingleProcess, resume: Resume::Fresh, stop, device_index: 0, local_ranks: 1 }
 }
 
 fn run(cfg: &Config, out: &Path) -> ImageSummary {

@@ -36,6 +36,9 @@ pub trait Family: Generator + Sized {
     const NAME: &'static str;
     /// The sampling steps it can take.
     const STEPS: RangeInclusive<usize>;
+    /// Floats one sample's sampling step keeps for the backward pass (the outputs of its
+    /// layers, counted from the architecture): what `fav plan` multiplies by the batch.
+    const ACTIVATION_FLOATS: usize;
     /// A freshly initialised generator (initialisation draws from the device generator).
     fn init(cfg: &Config, device: &Device) -> Self;
     /// Everything that shapes a pretrained base: its cache key.

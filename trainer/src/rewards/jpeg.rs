@@ -63,12 +63,16 @@ impl Reward for Jpeg {
 
 /// `jpeg_compress`: the pixels are the particles (φ = identity), `−kB`.
 pub fn compress(_: &super::learned::RewardModel) -> ImageReward {
-    ImageReward { features: std::rc::Rc::new(Identity), reward: std::rc::Rc::new(Jpeg::Compress) }
+    ImageReward { features: std::rc::Rc::new(Identity), reward: std::rc::Rc::new(Jpeg::Compress), activation_floats: 0 }
 }
 
 /// `jpeg_incompress`: the pixels are the particles, `+kB`.
 pub fn incompress(_: &super::learned::RewardModel) -> ImageReward {
-    ImageReward { features: std::rc::Rc::new(Identity), reward: std::rc::Rc::new(Jpeg::Incompress) }
+    ImageReward {
+        features: std::rc::Rc::new(Identity),
+        reward: std::rc::Rc::new(Jpeg::Incompress),
+        activation_floats: 0,
+    }
 }
 
 impl Jpeg {

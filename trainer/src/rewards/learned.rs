@@ -101,6 +101,8 @@ pub fn reward(model: &RewardModel) -> ImageReward {
     ImageReward {
         features: std::rc::Rc::new(Embedding(model.clone())),
         reward: std::rc::Rc::new(ScoreHead::new(model)),
+        // The encoder's 32×16×16, 64×8×8, 64×4×4 maps (conv and SiLU each) and the embedding.
+        activation_floats: 2 * (8192 + 4096 + 1024) + 2 * EMBED,
     }
 }
 

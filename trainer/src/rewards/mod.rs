@@ -58,6 +58,8 @@ pub trait Reward {
 pub struct ImageReward {
     pub features: Rc<dyn FeatureMap>,
     pub reward: Rc<dyn Reward>,
+    /// Floats φ keeps per sample for the backward pass (`fav plan`).
+    pub activation_floats: usize,
 }
 
 /// Builds an image reward from the run's learned reward model.

@@ -19,6 +19,9 @@ use std::ops::RangeInclusive;
 impl Family for FlowGenerator {
     const NAME: &'static str = "meanflow";
     const STEPS: RangeInclusive<usize> = 1..=4;
+    // Down blocks 32×16×16, 64×8×8, 64×4×4 and up blocks 32×8×8, 16×16×16, 16×32×32 (conv,
+    // norm, bias, SiLU each), the skip concatenations and the output.
+    const ACTIVATION_FLOATS: usize = 4 * (8192 + 4096 + 1024 + 2048 + 4096 + 16384) + 8192 + 16384 + 19456 + PIXELS;
 
     fn init(_: &Config, device: &Device) -> Self {
         Self::new(device)

@@ -4,7 +4,7 @@
 
 use super::gan::{ConvGenerator, LATENT};
 use crate::config::Config;
-use crate::data::shapes::{self, images, one_hot, CLASSES};
+use crate::data::shapes::{self, images, one_hot, CLASSES, PIXELS};
 use crate::models::Family;
 use crate::noise::{self, Stream};
 use crate::observe::Progress;
@@ -21,6 +21,9 @@ use std::ops::RangeInclusive;
 impl Family for ConvGenerator {
     const NAME: &'static str = "gan";
     const STEPS: RangeInclusive<usize> = 1..=1;
+    // fc 64×4×4, then 32×8×8, 16×16×16, 16×32×32 blocks (upsampled input, conv, norm, SiLU),
+    // the RGB output and tanh.
+    const ACTIVATION_FLOATS: usize = 3 * 1024 + 4 * (2048 + 4096 + 16384) + 2 * PIXELS;
 
     fn init(_: &Config, device: &Device) -> Self {
         Self::new(device)

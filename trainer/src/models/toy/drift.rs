@@ -37,6 +37,8 @@ impl Generator for DriftGenerator {
 impl Family for DriftGenerator {
     const NAME: &'static str = "drift";
     const STEPS: RangeInclusive<usize> = 1..=1;
+    // Three hidden layers of 256: linear output, sigmoid, SiLU each.
+    const ACTIVATION_FLOATS: usize = 3 * 3 * HIDDEN;
 
     fn init(_: &Config, device: &Device) -> Self {
         Self { layers: mlp::linears(&[NOISE_DIM, HIDDEN, HIDDEN, HIDDEN, DATA_DIM], device) }

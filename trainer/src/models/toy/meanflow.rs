@@ -49,6 +49,8 @@ impl Generator for MeanFlowGenerator {
 impl Family for MeanFlowGenerator {
     const NAME: &'static str = "meanflow";
     const STEPS: RangeInclusive<usize> = 1..=64;
+    // Three hidden layers of 256 (linear output, sigmoid, SiLU) and the input.
+    const ACTIVATION_FLOATS: usize = 3 * 3 * HIDDEN + DATA_DIM + 2;
 
     fn init(_: &Config, device: &Device) -> Self {
         Self { layers: mlp::linears(&[DATA_DIM + 2, HIDDEN, HIDDEN, HIDDEN, DATA_DIM], device) }

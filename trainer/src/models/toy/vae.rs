@@ -37,6 +37,8 @@ impl Generator for VaeDecoder {
 impl Family for VaeDecoder {
     const NAME: &'static str = "vae";
     const STEPS: RangeInclusive<usize> = 1..=1;
+    // Three hidden layers of 256: linear output, sigmoid, SiLU each.
+    const ACTIVATION_FLOATS: usize = 3 * 3 * HIDDEN;
 
     fn init(_: &Config, device: &Device) -> Self {
         Self { layers: mlp::linears(&[LATENT, HIDDEN, HIDDEN, HIDDEN, DATA_DIM], device) }

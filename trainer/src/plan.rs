@@ -1,0 +1,243 @@
+//! How much memory a job needs, per rank, before any work: the frozen models, the trainable
+//! weights with their gradients and optimiser state, the activations the backward pass keeps,
+//! the field's gathered sets and kernel tiles, the NES perturbations, the reference pool and the
+//! evaluation — each with the config key that sizes it. A job that cannot fit the machine is
+//! refused naming the key of its largest part and the estimate; `fav plan` prints the table.
+//!
+//! The figures are estimates (f32 everywhere; activations counted per layer output from each
+//! family's architecture, `Family::ACTIVATION_FLOATS`), good to a small factor: enough to refuse
+//! what cannot fit instead of aborting on an allocation hours in.
+
+use crate::config::{err, Config, ConfigError, RewardGrad, Task};
+use crate::data::shapes::{CLASSES, PIXELS};
+use crate::data::Condition;
+use crate::lora::{self, Targets};
+use crate::models::{self, Family, FamilyVisitor};
+use crate::rewards::{self, learned::RewardModel};
+use crate::tensors::matrix;
+use burn::module::Module;
+use burn::tensor::Device;
+
+/// One part of a job's memory.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub what: &'static str,
+    /// The config key that sizes it.
+    pub key: &'static str,
+    pub bytes: f64,
+}
+
+/// The memory of one rank.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub ranks: usize,
+    pub items: Vec<Item>,
+}
+
+const F32: f64 = 4.0;
+
+/// The facts of a family the estimate needs.
+struct Facts {
+    params: f64,
+    trainable: f64,
+    noise: f64,
+    sample: f64,
+    activations: f64,
+    /// The largest rank any targeted layer can use (`min(in, out)`), for LoRA.
+    max_rank: usize,
+}
+
+struct Probe<'a> {
+    cfg: &'a Config,
+}
+
+impl FamilyVisitor for Probe<'_> {
+    type Output = Result<Facts, ConfigError>;
+    fn visit<F: Family>(self) -> Self::Output {
+        let cfg = self.cfg;
+        let dev = Device::flex();
+        let g = F::init(cfg, &dev);
+        let steps = *F::STEPS.start();
+        let cond = if cfg.task == Task::Image { Condition::Class(0) } else { Condition::None };
+        let sample = g.sample(matrix(vec![0.0; g.noise_dim()], 1, g.noise_dim(), &dev), cond, steps, None).dims()[1];
+        let params = g.num_params() as f64;
+        let (trainable, max_rank) = match cfg.task {
+            Task::Toy => (params, 0),
+            Task::Image => {
+                let targets = Targets::parse(&cfg.image.lora_targets, &lora::layers(&g))
+                    .map_err(|e| err("image.lora_targets", e))?;
+                let shapes = lora::layer_shapes(&g, &targets);
+                let r = cfg.image.lora_rank as f64;
+                let trainable = shapes.iter().map(|(i, o)| r * (i + o) as f64).sum();
+                (trainable, shapes.iter().map(|&(i, o)| i.min(o)).max().unwrap_or(0))
+            }
+        };
+        Ok(Facts {
+            params,
+            trainable,
+            noise: g.noise_dim() as f64,
+            sample: sample as f64,
+            activations: F::ACTIVATION_FLOATS as f64,
+            max_rank,
+        })
+    }
+}
+
+/// The per-rank memory of `cfg` on `ranks` ranks (its names already checked).
+pub fn plan(cfg: &Config, ranks: usize) -> Result<Plan, ConfigError> {
+    let f = &cfg.fav;
+    let family = match cfg.task {
+        Task::Toy => models::toy::with_family(&cfg.model.family, Probe { cfg }),
+        Task::Image => models::image::with_family(&cfg.image.family, Probe { cfg }),
+    };
+    let facts =
+        family.ok_or_else(|| err(if cfg.task == Task::Toy { "model.family" } else { "image.family" }, "unknown"))??;
+    if cfg.task == Task::Image && cfg.image.lora_rank > facts.max_rank {
+        return Err(err(
+            "image.lora_rank",
+            format!(
+                "{} exceeds what any targeted layer can use (its min(in, out) is at most {}): a larger rank adds \
+                 weights, not capacity",
+                cfg.image.lora_rank, facts.max_rank
+            ),
+        ));
+    }
+    let g = ranks.max(1) as f64;
+    let (k, c) = (f.batch as f64, f.conditions as f64);
+    let own = (k / g).ceil();
+    let steps = match cfg.task {
+        Task::Toy => cfg.model.sample_steps,
+        Task::Image => cfg.image.sample_steps,
+    } as f64;
+    // The particle space and what φ keeps for backward.
+    let (d, phi_acts, reward_params, refs) = match cfg.task {
+        Task::Toy => (facts.sample, 0.0, 0.0, f.ref_batch as f64),
+        Task::Image => {
+            let model = RewardModel::new(&Device::flex());
+            let r = rewards::image(&cfg.image.reward, &model).ok_or_else(|| err("image.reward", "unknown"))?;
+            let probe = matrix(vec![0.0; PIXELS], 1, PIXELS, &Device::flex());
+            let d = r.features.features(probe).dims()[1] as f64;
+            (d, r.activation_floats as f64, model.num_params() as f64, k)
+        }
+    };
+    let frozen = match cfg.task {
+        // The base, and the trainable copy of it on the autodiff device.
+        Task::Toy => 2.0 * facts.params,
+        // The base (the reference), the adapted copy, the reward model.
+        Task::Image => 2.0 * facts.params + reward_params,
+    };
+    let tile_rows = (f.tile_elems as f64 / k.max(refs)).clamp(1.0, own);
+    let tile = tile_rows * k.max(refs) * if d <= 8.0 { d + 4.0 } else { 5.0 + f.temps_stein.len() as f64 };
+    let mut items = vec![
+        Item { what: "frozen models and the trainable copy", key: family_key(cfg), bytes: frozen * F32 },
+        Item {
+            what: "trainable weights' gradients, optimiser state, all-reduce bucket",
+            key: if cfg.task == Task::Image { "image.lora_rank" } else { "model.family" },
+            bytes: 4.0 * facts.trainable * F32,
+        },
+        Item {
+            what: "activations kept for backward (own rows of every condition)",
+            key: if c > own { "fav.conditions" } else { "fav.batch" },
+            bytes: own * c * (steps * facts.activations + phi_acts + facts.sample + facts.noise + d) * F32,
+        },
+        Item {
+            what: "gathered particles, scores and references (one condition)",
+            key: "fav.batch",
+            bytes: (2.0 * k + refs) * d * F32,
+        },
+        Item { what: "kernel tiles of the field", key: "fav.tile_elems", bytes: tile * F32 },
+    ];
+    if f.reward_grad == RewardGrad::Nes {
+        let bytes = own * 2.0 * f.nes_samples as f64 * d * F32;
+        items.push(Item { what: "NES perturbations (own rows)", key: "fav.nes_samples", bytes });
+    }
+    let n = cfg.eval.samples as f64;
+    match cfg.task {
+        Task::Toy => {
+            // The pool (own share and the gathered whole) and a chunk of 10 000 drawn at once.
+            let pool = f.ref_pool as f64 * d * (1.0 + 1.0 / g) + 1e4 * (facts.noise + facts.activations);
+            items.push(Item { what: "reference pool", key: "fav.ref_pool", bytes: pool * F32 });
+            // Noise, samples, target and data sets, the base's tilted pool (50 000), the MMD
+            // median's pairwise distances (≤ 2048 points, f64) and one forward of n rows.
+            let eval = n * (facts.noise + 3.0 * d + facts.activations) + 5e4 * (facts.noise + d) + 2048.0 * 2047.0;
+            items.push(Item { what: "evaluation (rank 0)", key: "eval.samples", bytes: eval * F32 });
+        }
+        Task::Image => {
+            // Base and final pixels, best-of-N's kept set and candidates, and one class's forward.
+            let per_class = n / CLASSES.len() as f64;
+            let eval = 4.0 * n * facts.sample + per_class * (steps * facts.activations + phi_acts);
+            items.push(Item { what: "evaluation and best-of-N (rank 0)", key: "eval.samples", bytes: eval * F32 });
+        }
+    }
+    Ok(Plan { ranks, items })
+}
+
+fn family_key(cfg: &Config) -> &'static str {
+    match cfg.task {
+        Task::Toy => "model.family",
+        Task::Image => "image.family",
+    }
+}
+
+/// Bytes as a short human figure.
+pub fn human(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = bytes;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == units.len() - 1 && v >= 1024.0 {
+        return format!("{bytes:.2e} B");
+    }
+    format!("{v:.1} {}", units[u])
+}
+
+/// Memory this machine has available now (`MemAvailable` of `/proc/meminfo`), if known.
+pub fn available() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+impl Plan {
+    /// Bytes one rank needs.
+    pub fn total(&self) -> f64 {
+        self.items.iter().map(|i| i.bytes).sum()
+    }
+
+    /// Refuse a job whose `local_ranks` ranks on this machine need more than `available` bytes,
+    /// naming the key of the largest part.
+    pub fn check(&self, local_ranks: usize, available: f64) -> Result<(), ConfigError> {
+        let need = self.total() * local_ranks.max(1) as f64;
+        if need <= available {
+            return Ok(());
+        }
+        let big = self.items.iter().max_by(|a, b| a.bytes.total_cmp(&b.bytes)).expect("a plan has items");
+        Err(err(
+            big.key,
+            format!(
+                "the job needs about {} per rank ({} for the {}), {} for the {} rank(s) on this machine, which has {} \
+                 available (`fav plan` shows every part)",
+                human(self.total()),
+                human(big.bytes),
+                big.what,
+                human(need),
+                local_ranks.max(1),
+                human(available)
+            ),
+        ))
+    }
+
+    /// The table `fav plan` prints.
+    pub fn table(&self) -> String {
+        let mut out = format!("memory per rank ({} rank(s)):\n", self.ranks);
+        for i in &self.items {
+            out += &format!("  {:>10}  {:<62} {}\n", human(i.bytes), i.what, i.key);
+        }
+        out += &format!("  {:>10}  total per rank\n", human(self.total()));
+        out
+    }
+}
