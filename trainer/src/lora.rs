@@ -11,8 +11,8 @@
 //! [`peft_tensors`] names them as PEFT does (`<path>.lora_A.weight` `[r, in…]`,
 //! `<path>.lora_B.weight` `[out, r…]`), so diffusers and PEFT load them back.
 
-use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup, Reparameterization, Reparameterizer};
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::module::{Lora, Module, Param, ParamGroup, Reparameterization, Reparameterizer};
+use burn::tensor::{Distribution, Tensor};
 
 /// How the `A` factors start (`B` starts at zero either way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,41 +38,20 @@ impl LoraConfig {
     }
 }
 
-/// Collects `(parameter path, dims)` of every float parameter, adapter factors included.
-#[derive(Default)]
-struct Params {
-    path: Vec<String>,
-    out: Vec<(String, Vec<usize>, Vec<f32>)>,
-    values: bool,
-}
-
-impl ModuleVisitor for Params {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        let t = p.val();
-        let values = if self.values { crate::tensors::to_vec(&t) } else { Vec::new() };
-        self.out.push((self.path.join("."), t.dims().to_vec(), values));
-    }
-}
-
-fn params<M: Module>(module: &M, values: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let mut v = Params { values, ..Params::default() };
-    module.visit(&mut v);
-    v.out
+/// `(parameter path, dims)` of every float parameter, adapter factors included.
+fn params<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    crate::tensors::each_param(module, |path, dims, _| out.push((path.to_string(), dims.to_vec())));
+    out
 }
 
 /// The module paths of the layers that can carry an adapter: every layer with a 2-D (linear) or
 /// 4-D (2-D convolution) `weight`, in module order.
 pub fn layers<M: Module>(module: &M) -> Vec<String> {
-    params(module, false)
+    params(module)
         .into_iter()
-        .filter(|(p, dims, _)| matches!(dims.len(), 2 | 4) && p.ends_with(".weight"))
-        .map(|(p, _, _)| p.trim_end_matches(".weight").to_string())
+        .filter(|(p, dims)| matches!(dims.len(), 2 | 4) && p.ends_with(".weight"))
+        .map(|(p, _)| p.trim_end_matches(".weight").to_string())
         .collect()
 }
 
@@ -80,10 +59,10 @@ pub fn layers<M: Module>(module: &M) -> Vec<String> {
 /// `(in·kh·kw, out)` of a convolution `[out, in, kh, kw]` — an adapter of rank r has
 /// `r·(fan_in + fan_out)` numbers.
 pub fn layer_shapes<M: Module>(module: &M, targets: &Targets) -> Vec<(usize, usize)> {
-    params(module, false)
+    params(module)
         .into_iter()
-        .filter(|(p, _, _)| targets.0.iter().any(|t| *p == format!("{t}.weight")))
-        .map(|(_, dims, _)| match dims.len() {
+        .filter(|(p, _)| targets.0.iter().any(|t| *p == format!("{t}.weight")))
+        .map(|(_, dims)| match dims.len() {
             2 => (dims[0], dims[1]),
             _ => (dims[1..].iter().product(), dims[0]),
         })
@@ -266,24 +245,22 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 /// order: `lora_A.weight` `[r, in]` / `[r, in, kh, kw]`, `lora_B.weight` `[out, r]` / `[out, r, 1, 1]`.
 pub fn peft_tensors<M: Module>(module: &M) -> Vec<NamedTensor> {
     let mut out = Vec::new();
-    for (path, dims, values) in params(module, true) {
+    // Only the adapters' values are read (a base can be large).
+    crate::tensors::each_param(module, |path, dims, t| {
         let Some((layer, factor)) = path
             .strip_suffix(".weight.lora.a")
             .map(|l| (l, 'A'))
             .or_else(|| path.strip_suffix(".weight.lora.b").map(|l| (l, 'B')))
         else {
-            continue;
+            return;
         };
         let (shape, values) = match dims.len() {
             // burn's linear factors are the transposes of PEFT's: A [in, r] → [r, in].
-            2 => {
-                let t = Tensor::<2>::from_data(TensorData::new(values, [dims[0], dims[1]]), &Default::default());
-                (vec![dims[1], dims[0]], crate::tensors::to_vec(&t.transpose()))
-            }
-            _ => (dims, values),
+            2 => (vec![dims[1], dims[0]], crate::tensors::to_vec(&t.reshape([dims[0], dims[1]]).transpose())),
+            _ => (dims.to_vec(), crate::tensors::to_vec(&t)),
         };
         out.push((format!("{layer}.lora_{factor}.weight"), shape, values));
-    }
+    });
     out
 }
 
@@ -388,7 +365,7 @@ mod tests {
         let img = Tensor::<4>::ones([1, 3, 4, 4], &dev);
         let (a, b) = net.forward(v, img);
         let grads = GradientsParams::from_grads((a.sum() + b.sum()).backward(), &net);
-        assert_eq!(params(&net, false).len(), 8, "fc w/b, convs.0 w/b, convs.1 w/b and its A, B");
+        assert_eq!(params(&net).len(), 8, "fc w/b, convs.0 w/b, convs.1 w/b and its A, B");
         assert_eq!(grads.len(), 2, "A and B of convs.1 only");
     }
 

@@ -120,29 +120,13 @@ fn apply<M: Module>(mut module: M, tensors: Vec<burn::store::burn_pack::Tensor>,
 
 /// A weights file with NaN or infinity in it is damaged: name the first such tensor.
 fn refuse_non_finite<M: Module>(module: &M) -> Result<(), String> {
-    use burn::module::{ModuleVisitor, Param};
-    use burn::tensor::Tensor;
-    #[derive(Default)]
-    struct Find {
-        path: Vec<String>,
-        bad: Option<String>,
-    }
-    impl ModuleVisitor for Find {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
+    let mut bad = None;
+    crate::tensors::each_param(module, |path, _, t| {
+        if bad.is_none() && !crate::tensors::to_vec(&t).iter().all(|v| v.is_finite()) {
+            bad = Some(path.to_string());
         }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if self.bad.is_none() && !crate::tensors::to_vec(&p.val()).iter().all(|v| v.is_finite()) {
-                self.bad = Some(self.path.join("."));
-            }
-        }
-    }
-    let mut f = Find::default();
-    module.visit(&mut f);
-    match f.bad {
+    });
+    match bad {
         Some(name) => Err(format!("tensor {name} holds NaN or infinite values")),
         None => Ok(()),
     }
