@@ -12,10 +12,11 @@
 
 use burn::module::Module;
 use burn::store::{
-    ApplyResult, ChainAdapter, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore,
-    PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+    ApplyResult, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore,
+    SafetensorsStore,
 };
-use burn::tensor::DType;
+use burn::tensor::TensorData;
+use regex::Regex;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +27,22 @@ pub enum WeightsError {
     Read { path: PathBuf, reason: String },
 }
 
-/// How a file's tensor names and layouts map onto a module.
+/// How a file's tensor names and layouts map onto a module: per file tensor, in this order,
+/// dropped if `ignore`d, reshaped (`split`, `transpose`, `squeeze`), then renamed.
 #[derive(Clone, Debug, Default)]
 pub struct NameMap {
     /// `(regex, replacement)` pairs applied in order to every file tensor's name.
     renames: Vec<(String, String)>,
+    /// File tensors matching these are not the module's (another tower, a training buffer).
+    ignore: Vec<String>,
+    /// `(regex, replacements)`: the tensor is split along its first axis into equal parts named
+    /// by the replacements (a packed q/k/v projection into three).
+    split: Vec<(String, Vec<String>)>,
+    /// 2-D tensors matching these are transposed (a matrix a checkpoint applies as `x @ P`
+    /// where the module has a linear layer).
+    transpose: Vec<String>,
+    /// Tensors matching these lose their leading size-1 axes (`[1, 1, w]` → `[w]`).
+    squeeze: Vec<String>,
     /// The file stores linear weights as PyTorch does (`[out, in]`; norms as `weight`/`bias`):
     /// transpose and rename them into burn's layout.
     pytorch_layout: bool,
@@ -43,11 +55,112 @@ impl NameMap {
         self
     }
 
+    /// Leave out file tensors matching the regex `pattern`.
+    pub fn ignore(mut self, pattern: impl Into<String>) -> Self {
+        self.ignore.push(pattern.into());
+        self
+    }
+
+    /// Split file tensors matching `from` along their first axis into `into.len()` equal parts,
+    /// named by the replacements `into` (`$1`… refer to `from`'s groups).
+    pub fn split(mut self, from: impl Into<String>, into: &[&str]) -> Self {
+        self.split.push((from.into(), into.iter().map(|s| s.to_string()).collect()));
+        self
+    }
+
+    /// Transpose the 2-D file tensors matching `pattern`.
+    pub fn transpose(mut self, pattern: impl Into<String>) -> Self {
+        self.transpose.push(pattern.into());
+        self
+    }
+
+    /// Drop the leading size-1 axes of file tensors matching `pattern`.
+    pub fn squeeze(mut self, pattern: impl Into<String>) -> Self {
+        self.squeeze.push(pattern.into());
+        self
+    }
+
     /// The file is in PyTorch's layout (a transformers / diffusers / open_clip checkpoint).
     pub fn pytorch_layout(mut self) -> Self {
         self.pytorch_layout = true;
         self
     }
+}
+
+/// A file tensor as f32 data with its name.
+type Named = (String, TensorData);
+
+/// A name map's patterns, compiled once per load and anchored to the whole name.
+struct Rules {
+    ignore: Vec<Regex>,
+    split: Vec<(Regex, Vec<String>)>,
+    transpose: Vec<Regex>,
+    squeeze: Vec<Regex>,
+}
+
+fn anchored(p: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{p})$")).map_err(|e| format!("bad name map pattern {p:?}: {e}"))
+}
+
+impl Rules {
+    fn new(map: &NameMap) -> Result<Self, String> {
+        let all = |ps: &[String]| ps.iter().map(|p| anchored(p)).collect::<Result<Vec<_>, _>>();
+        Ok(Self {
+            ignore: all(&map.ignore)?,
+            split: map.split.iter().map(|(p, to)| Ok((anchored(p)?, to.clone()))).collect::<Result<_, String>>()?,
+            transpose: all(&map.transpose)?,
+            squeeze: all(&map.squeeze)?,
+        })
+    }
+
+    fn ignores(&self, name: &str) -> bool {
+        self.ignore.iter().any(|r| r.is_match(name))
+    }
+
+    /// `name` after the reshaping rules: the tensors it becomes.
+    fn reshape(&self, name: String, mut data: TensorData) -> Result<Vec<Named>, String> {
+        if let Some((r, into)) = self.split.iter().find(|(r, _)| r.is_match(&name)) {
+            let shape = data.shape().to_vec();
+            let parts = into.len();
+            if shape.is_empty() || !shape[0].is_multiple_of(parts) {
+                return Err(format!(
+                    "tensor {name} of shape {shape:?} cannot be split in {parts} along its first axis"
+                ));
+            }
+            let values = f32s(&name, data)?;
+            let chunk = values.len() / parts;
+            let mut part_shape = shape;
+            part_shape[0] /= parts;
+            return Ok(into
+                .iter()
+                .zip(values.chunks(chunk))
+                .map(|(to, part)| {
+                    (r.replace(&name, to.as_str()).into_owned(), TensorData::new(part.to_vec(), part_shape.clone()))
+                })
+                .collect());
+        }
+        if self.transpose.iter().any(|r| r.is_match(&name)) {
+            let shape = data.shape().to_vec();
+            if shape.len() != 2 {
+                return Err(format!("tensor {name} of shape {shape:?} is not a matrix to transpose"));
+            }
+            let v = f32s(&name, data)?;
+            let (r, c) = (shape[0], shape[1]);
+            let t: Vec<f32> = (0..c * r).map(|k| v[(k % r) * c + k / r]).collect();
+            data = TensorData::new(t, [c, r]);
+        }
+        if self.squeeze.iter().any(|r| r.is_match(&name)) {
+            let shape = data.shape().to_vec();
+            let keep = shape.iter().position(|&d| d != 1).unwrap_or(shape.len().saturating_sub(1));
+            data = TensorData::new(f32s(&name, data)?, shape[keep..].to_vec());
+        }
+        Ok(vec![(name, data)])
+    }
+}
+
+/// A tensor's values as f32.
+fn f32s(name: &str, data: TensorData) -> Result<Vec<f32>, String> {
+    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("tensor {name}: {e:?}"))
 }
 
 fn read_err(path: &Path, reason: impl ToString) -> WeightsError {
@@ -65,33 +178,29 @@ pub fn load<M: Module>(module: M, path: &Path) -> Result<M, WeightsError> {
 }
 
 /// Load `path` (safetensors or a PyTorch checkpoint) into `module` through `map`.
-pub fn load_mapped<M: Module>(mut module: M, path: &Path, map: &NameMap) -> Result<M, WeightsError> {
+pub fn load_mapped<M: Module>(module: M, path: &Path, map: &NameMap) -> Result<M, WeightsError> {
     if path.is_dir() {
         return Err(read_err(path, "is a directory, not a weights file"));
     }
     if !path.is_file() {
         return Err(read_err(path, "no such file"));
     }
-    if is_pytorch(path) {
-        // A pickled state dict is PyTorch's own layout; burn-store's PyTorch reader transposes
-        // linear weights and widens half-precision tensors itself. Names are the file's own
-        // (no renumbering of sequence indices), so a name map reads like the checkpoint.
-        let remapper = KeyRemapper::from_patterns(map.renames.clone())
-            .map_err(|e| read_err(path, format!("bad name map: {e}")))?;
-        let mut store = PytorchStore::from_file(path)
-            .remap(remapper)
+    let mut map = map.clone();
+    let tensors = if is_pytorch(path) {
+        map.pytorch_layout = true; // a pickled state dict is PyTorch's own layout
+                                   // The file's own names (no renumbering of sequence indices): a name map reads like it.
+        PytorchStore::from_file(path)
             .map_indices_contiguous(false)
-            .allow_partial(true)
-            .validate(false);
-        let res = module.load_from(&mut store).map_err(|e| read_err(path, e))?;
-        refuse_misfits(&res).and_then(|_| refuse_non_finite(&module)).map_err(|reason| read_err(path, reason))?;
-        return Ok(module);
-    }
-    let tensors = SafetensorsStore::from_file(path)
-        .get_all_tensors()
-        .map(|t| t.values().cloned().collect())
-        .map_err(|e| read_err(path, e))?;
-    apply(module, tensors, map).map_err(|reason| read_err(path, reason))
+            .get_all_tensors()
+            .map(|t| t.values().cloned().collect())
+            .map_err(|e| read_err(path, e))
+    } else {
+        SafetensorsStore::from_file(path)
+            .get_all_tensors()
+            .map(|t| t.values().cloned().collect())
+            .map_err(|e| read_err(path, e))
+    }?;
+    apply(module, tensors, &map).map_err(|reason| read_err(path, reason))
 }
 
 /// Load safetensors `bytes` (a checkpoint part, a broadcast) into `module` under its own names;
@@ -105,14 +214,24 @@ pub fn from_bytes<M: Module>(module: M, bytes: &[u8], what: &str) -> Result<M, W
     apply(module, tensors, &NameMap::default()).map_err(|reason| read_err(&path, reason))
 }
 
-/// Rename, convert and apply `tensors`, then refuse anything that did not fit exactly.
+/// Convert every tensor to f32, reshape and rename it as `map` says, apply the result, then
+/// refuse anything that did not fit exactly.
 fn apply<M: Module>(mut module: M, tensors: Vec<burn::store::burn_pack::Tensor>, map: &NameMap) -> Result<M, String> {
+    let rules = Rules::new(map)?;
+    let mut named = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        if rules.ignores(&t.name) {
+            continue;
+        }
+        let name = t.name.clone();
+        let data = burn::store::bridge::into_data(t).map_err(|e| format!("tensor {name}: {e}"))?;
+        named.extend(rules.reshape(name, data.convert::<f32>())?);
+    }
     let remapper = KeyRemapper::from_patterns(map.renames.clone()).map_err(|e| format!("bad name map: {e}"))?;
+    let tensors = named.into_iter().map(|(n, d)| burn::store::bridge::from_data(d, n, None)).collect();
     let (tensors, _) = remapper.remap(tensors);
-    let cast = FloatCastAdapter::to(DType::F32);
-    let adapter: Box<dyn ModuleAdapter> =
-        if map.pytorch_layout { Box::new(ChainAdapter::new(PyTorchToBurnAdapter, cast)) } else { Box::new(cast) };
-    let res = module.apply(tensors, None, Some(adapter), false);
+    let adapter: Option<Box<dyn ModuleAdapter>> = map.pytorch_layout.then(|| Box::new(PyTorchToBurnAdapter) as _);
+    let res = module.apply(tensors, None, adapter, false);
     refuse_misfits(&res)?;
     refuse_non_finite(&module)?;
     Ok(module)

@@ -154,3 +154,69 @@ fn merged_adapters_round_trip_through_a_file() {
     let back = weights::load(Net::new(&dev), &path).unwrap();
     assert_eq!(back.values(), merged.values());
 }
+
+#[derive(Module, Debug)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    token: burn::module::Param<burn::tensor::Tensor<1>>,
+    proj: Linear,
+}
+
+/// The layouts published CLIP checkpoints use: open_clip packs q/k/v into one `in_proj_weight`
+/// `[3w, w]`, stores the class token as `[1, 1, w]` in some exports and the output projection
+/// as a matrix applied `x @ P`; the importer splits, squeezes and transposes them, and drops
+/// what the map says is not the model's (here a `logit_scale`).
+#[test]
+fn packed_projections_split_transpose_and_squeeze() {
+    let dev = Device::flex();
+    let w = 4;
+    let packed: Vec<f32> = (0..3 * w * w).map(|i| i as f32).collect(); // [3w, w], [out, in]
+    let bias: Vec<f32> = (0..3 * w).map(|i| 100.0 + i as f32).collect();
+    let token: Vec<f32> = (0..w).map(|i| -(i as f32)).collect();
+    let proj: Vec<f32> = (0..w * 2).map(|i| 0.5 * i as f32).collect(); // [w, 2], x @ P
+    let path = tmp("packed.safetensors");
+    let file = [
+        ("attn.in_proj_weight".to_string(), vec![3 * w, w], packed.clone()),
+        ("attn.in_proj_bias".to_string(), vec![3 * w], bias.clone()),
+        ("class_embedding".to_string(), vec![1, 1, w], token.clone()),
+        ("proj".to_string(), vec![w, 2], proj.clone()),
+        ("logit_scale".to_string(), vec![], vec![4.6]),
+    ];
+    write(&path, &file, Dtype::BF16);
+    let map = NameMap::default()
+        .pytorch_layout()
+        .ignore("logit_scale")
+        .split(r"attn\.in_proj_(weight|bias)", &["q.$1", "k.$1", "v.$1"])
+        .squeeze("class_embedding")
+        .rename(r"^class_embedding$", "token")
+        .transpose("proj")
+        .rename(r"^proj$", "proj.weight");
+    let model = Attention {
+        q: LinearConfig::new(w, w).init(&dev),
+        k: LinearConfig::new(w, w).init(&dev),
+        v: LinearConfig::new(w, w).init(&dev),
+        token: burn::module::Param::from_tensor(burn::tensor::Tensor::zeros([w], &dev)),
+        proj: LinearConfig::new(w, 2).with_bias(false).init(&dev),
+    };
+    let m = weights::load_mapped(model, &path, &map).unwrap();
+    // Burn's linear weight is [in, out]: element (i, o) is the file's row o of the part.
+    for (part, lin) in [&m.q, &m.k, &m.v].into_iter().enumerate() {
+        let want: Vec<f32> = (0..w * w).map(|k| packed[(part * w + k % w) * w + k / w]).collect();
+        assert_eq!(to_vec(&lin.weight.val()), want, "part {part} weight");
+        assert_eq!(
+            to_vec(&lin.bias.as_ref().unwrap().val()),
+            bias[part * w..(part + 1) * w].to_vec(),
+            "part {part} bias"
+        );
+    }
+    assert_eq!(to_vec(&m.token.val()), token, "[1, 1, w] → [w]");
+    assert_eq!(to_vec(&m.proj.weight.val()), proj, "x @ P is burn's own [in, out]");
+    // A packed tensor that cannot be split evenly is refused naming it.
+    let bad = [("attn.in_proj_weight".to_string(), vec![3 * w + 1, w], vec![0.0; (3 * w + 1) * w])];
+    let path = tmp("badsplit.safetensors");
+    write(&path, &bad, Dtype::F32);
+    let e = weights::load_mapped(Net::new(&dev), &path, &map).unwrap_err().to_string();
+    assert!(e.contains("badsplit.safetensors") && e.contains("attn.in_proj_weight"), "{e}");
+}
