@@ -12,8 +12,7 @@
 
 use burn::module::Module;
 use burn::store::{
-    ApplyResult, KeyRemapper, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore,
-    SafetensorsStore,
+    ApplyResult, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
 };
 use burn::tensor::TensorData;
 use regex::Regex;
@@ -92,6 +91,8 @@ type Named = (String, TensorData);
 
 /// A name map's patterns, compiled once per load and anchored to the whole name.
 struct Rules {
+    /// Unanchored, applied in order to every name (as burn-store's `KeyRemapper`).
+    renames: Vec<(Regex, String)>,
     ignore: Vec<Regex>,
     split: Vec<(Regex, Vec<String>)>,
     transpose: Vec<Regex>,
@@ -105,7 +106,13 @@ fn anchored(p: &str) -> Result<Regex, String> {
 impl Rules {
     fn new(map: &NameMap) -> Result<Self, String> {
         let all = |ps: &[String]| ps.iter().map(|p| anchored(p)).collect::<Result<Vec<_>, _>>();
+        let renames = map
+            .renames
+            .iter()
+            .map(|(p, to)| Ok((Regex::new(p).map_err(|e| format!("bad name map pattern {p:?}: {e}"))?, to.clone())))
+            .collect::<Result<_, String>>()?;
         Ok(Self {
+            renames,
             ignore: all(&map.ignore)?,
             split: map.split.iter().map(|(p, to)| Ok((anchored(p)?, to.clone()))).collect::<Result<_, String>>()?,
             transpose: all(&map.transpose)?,
@@ -115,6 +122,39 @@ impl Rules {
 
     fn ignores(&self, name: &str) -> bool {
         self.ignore.iter().any(|r| r.is_match(name))
+    }
+
+    /// The module path a (reshaped) file tensor name maps to.
+    fn rename(&self, name: &str) -> String {
+        self.renames.iter().fold(name.to_string(), |n, (r, to)| r.replace_all(&n, to.as_str()).into_owned())
+    }
+
+    /// The names and shapes `name` of `shape` becomes under the reshaping rules (what
+    /// [`Rules::reshape`] does to the data).
+    fn reshape_shape(&self, name: &str, shape: &[usize]) -> Result<Vec<(String, Vec<usize>)>, String> {
+        if let Some((r, into)) = self.split.iter().find(|(r, _)| r.is_match(name)) {
+            let parts = into.len();
+            if shape.is_empty() || !shape[0].is_multiple_of(parts) {
+                return Err(format!(
+                    "tensor {name} of shape {shape:?} cannot be split in {parts} along its first axis"
+                ));
+            }
+            let mut part = shape.to_vec();
+            part[0] /= parts;
+            return Ok(into.iter().map(|to| (r.replace(name, to.as_str()).into_owned(), part.clone())).collect());
+        }
+        let mut shape = shape.to_vec();
+        if self.transpose.iter().any(|r| r.is_match(name)) {
+            if shape.len() != 2 {
+                return Err(format!("tensor {name} of shape {shape:?} is not a matrix to transpose"));
+            }
+            shape.reverse();
+        }
+        if self.squeeze.iter().any(|r| r.is_match(name)) {
+            let keep = shape.iter().position(|&d| d != 1).unwrap_or(shape.len().saturating_sub(1));
+            shape.drain(..keep);
+        }
+        Ok(vec![(name.to_string(), shape)])
     }
 
     /// `name` after the reshaping rules: the tensors it becomes.
@@ -186,9 +226,15 @@ pub fn load_mapped<M: Module>(module: M, path: &Path, map: &NameMap) -> Result<M
         return Err(read_err(path, "no such file"));
     }
     let mut map = map.clone();
-    let tensors = if is_pytorch(path) {
-        map.pytorch_layout = true; // a pickled state dict is PyTorch's own layout
-                                   // The file's own names (no renumbering of sequence indices): a name map reads like it.
+    // A pickled state dict is PyTorch's own layout.
+    map.pytorch_layout |= is_pytorch(path);
+    apply(module, read_all(path)?, &map).map_err(|reason| read_err(path, reason))
+}
+
+/// Every tensor of a safetensors file or PyTorch checkpoint, under the file's own names (no
+/// renumbering of sequence indices: a name map reads like the file).
+fn read_all(path: &Path) -> Result<Vec<burn::store::burn_pack::Tensor>, WeightsError> {
+    if is_pytorch(path) {
         PytorchStore::from_file(path)
             .map_indices_contiguous(false)
             .get_all_tensors()
@@ -199,8 +245,17 @@ pub fn load_mapped<M: Module>(module: M, path: &Path, map: &NameMap) -> Result<M
             .get_all_tensors()
             .map(|t| t.values().cloned().collect())
             .map_err(|e| read_err(path, e))
-    }?;
-    apply(module, tensors, &map).map_err(|reason| read_err(path, reason))
+    }
+}
+
+/// The values (as f32) of the first tensor of `path` whose whole name matches `pattern`
+/// (a scalar a model keeps beside its modules, like CLIP's logit scale); `None` if none does.
+pub fn read_tensor(path: &Path, pattern: &str) -> Result<Option<Vec<f32>>, WeightsError> {
+    let re = anchored(pattern).map_err(|e| read_err(path, e))?;
+    let Some(t) = read_all(path)?.into_iter().find(|t| re.is_match(&t.name)) else { return Ok(None) };
+    let name = t.name.clone();
+    let data = burn::store::bridge::into_data(t).map_err(|e| read_err(path, format!("tensor {name}: {e}")))?;
+    f32s(&name, data.convert::<f32>()).map(Some).map_err(|e| read_err(path, e))
 }
 
 /// Load safetensors `bytes` (a checkpoint part, a broadcast) into `module` under its own names;
@@ -227,14 +282,95 @@ fn apply<M: Module>(mut module: M, tensors: Vec<burn::store::burn_pack::Tensor>,
         let data = burn::store::bridge::into_data(t).map_err(|e| format!("tensor {name}: {e}"))?;
         named.extend(rules.reshape(name, data.convert::<f32>())?);
     }
-    let remapper = KeyRemapper::from_patterns(map.renames.clone()).map_err(|e| format!("bad name map: {e}"))?;
-    let tensors = named.into_iter().map(|(n, d)| burn::store::bridge::from_data(d, n, None)).collect();
-    let (tensors, _) = remapper.remap(tensors);
+    let tensors = named.into_iter().map(|(n, d)| burn::store::bridge::from_data(d, rules.rename(&n), None)).collect();
     let adapter: Option<Box<dyn ModuleAdapter>> = map.pytorch_layout.then(|| Box::new(PyTorchToBurnAdapter) as _);
     let res = module.apply(tensors, None, adapter, false);
     refuse_misfits(&res)?;
     refuse_non_finite(&module)?;
     Ok(module)
+}
+
+/// Whether a file of tensors `file` (name, shape; no data) would load into `module` through
+/// `map`: the same renaming and reshaping as [`load_mapped`], PyTorch's layout turned into
+/// burn's as its adapter does (linear weights transposed, norms' `weight`/`bias` as
+/// `gamma`/`beta`), compared with the module's parameter shapes without initialising them. Errs
+/// naming the missing, unexpected and mis-shaped tensors — how a full-size published checkpoint's
+/// manifest is checked without its gigabytes.
+pub fn check_shapes<M: Module>(module: &M, file: &[(String, Vec<usize>)], map: &NameMap) -> Result<(), String> {
+    let rules = Rules::new(map)?;
+    let mut mapped = std::collections::BTreeMap::new();
+    for (name, shape) in file.iter().filter(|(n, _)| !rules.ignores(n)) {
+        for (n, s) in rules.reshape_shape(name, shape)? {
+            mapped.insert(rules.rename(&n), (n, s));
+        }
+    }
+    let mut problems = Vec::new();
+    let mut missing = Vec::new();
+    for (path, container, mut shape) in param_shapes(module) {
+        let mut key = path.clone();
+        if map.pytorch_layout {
+            let (parent, leaf) = path.rsplit_once('.').unwrap_or(("", &path));
+            let norm = matches!(
+                container.as_str(),
+                "Struct:LayerNorm" | "Struct:GroupNorm" | "Struct:BatchNorm" | "Struct:RmsNorm"
+            );
+            if container == "Struct:Linear" && leaf == "weight" && shape.len() == 2 {
+                shape.reverse();
+            } else if norm && (leaf == "gamma" || leaf == "beta") {
+                let file_leaf = if leaf == "gamma" { "weight" } else { "bias" };
+                key = if parent.is_empty() { file_leaf.to_string() } else { format!("{parent}.{file_leaf}") };
+                if !mapped.contains_key(&key) {
+                    key = path.clone();
+                }
+            }
+        }
+        match mapped.remove(&key) {
+            Some((file_name, s)) if s != shape => {
+                problems.push(format!("{file_name} has shape {s:?}, the model's {path} needs {shape:?}"))
+            }
+            Some(_) => {}
+            None => missing.push(path),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!("{} tensor(s) do not fit the model: {}", problems.len(), problems.join("; ")));
+    }
+    if !missing.is_empty() {
+        return Err(format!("missing tensors {}", names(missing.iter().map(String::as_str))));
+    }
+    if !mapped.is_empty() {
+        return Err(format!(
+            "tensors not in this model {} (wrong model family?)",
+            names(mapped.values().map(|(n, _)| n.as_str()))
+        ));
+    }
+    Ok(())
+}
+
+/// Every float parameter's module path, the type of the module holding it, and its shape,
+/// without initialising a lazy parameter.
+fn param_shapes<M: Module>(module: &M) -> Vec<(String, String, Vec<usize>)> {
+    struct Walk {
+        path: Vec<(String, String)>,
+        out: Vec<(String, String, Vec<usize>)>,
+    }
+    impl burn::module::ModuleVisitor for Walk {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.push((name.to_string(), container.to_string()));
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            let path: Vec<&str> = self.path.iter().map(|(n, _)| n.as_str()).collect();
+            // The type of the module the parameter is a field of.
+            let container = self.path.last().map(|(_, c)| c.clone()).unwrap_or_default();
+            self.out.push((path.join("."), container, p.lazy_shape().dims::<D>().to_vec()));
+        }
+    }
+    let mut w = Walk { path: Vec::new(), out: Vec::new() };
+    module.visit(&mut w);
+    w.out
 }
 
 /// A weights file with NaN or infinity in it is damaged: name the first such tensor.

@@ -7,6 +7,7 @@
 //!
 //! Image rewards register in one place ([`image`]): a name → its feature map and reward.
 
+pub mod clip;
 pub mod conformance;
 pub mod jpeg;
 pub mod learned;
