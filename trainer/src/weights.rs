@@ -248,6 +248,14 @@ fn read_all(path: &Path) -> Result<Vec<burn::store::burn_pack::Tensor>, WeightsE
     }
 }
 
+/// The names and shapes of a weights file's tensors, in file order.
+pub fn read_shapes(path: &Path) -> Result<Vec<(String, Vec<usize>)>, WeightsError> {
+    if !path.is_file() {
+        return Err(read_err(path, "no such file"));
+    }
+    Ok(read_all(path)?.into_iter().map(|t| (t.name.clone(), t.shape.to_vec())).collect())
+}
+
 /// The values (as f32) of the first tensor of `path` whose whole name matches `pattern`
 /// (a scalar a model keeps beside its modules, like CLIP's logit scale); `None` if none does.
 pub fn read_tensor(path: &Path, pattern: &str) -> Result<Option<Vec<f32>>, WeightsError> {

@@ -12,10 +12,14 @@
 //! off by 1e-2 or more.
 
 use burn::tensor::{Device, Tensor, TensorData};
+use fav_trainer::data::Condition;
+use fav_trainer::rewards::clip::score::{self, Kind, Source};
 use fav_trainer::rewards::clip::{self, tokenizer::Tokenizer, Towers};
+use fav_trainer::rewards::ImageReward;
 use fav_trainer::tensors::to_vec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/clip").join(name)
@@ -153,4 +157,160 @@ fn full_size_manifests_map_completely() {
     check_manifest("manifest_open_clip_vit_h_14.json", BOTH);
     check_manifest("manifest_open_clip_vit_h_14.json", Towers { vision: true, text: false });
     check_manifest("manifest_nsfw_vit_base_patch16_224.json", Towers { vision: true, text: false });
+}
+
+/// A reward's values and their gradient with respect to the pixels (through the feature map)
+/// match the fixture on both pixel sets.
+fn check_reward(make: impl Fn([usize; 2]) -> ImageReward, fixture_name: &str, cond: Condition) {
+    let device = Device::default();
+    let fx = fixture(fixture_name);
+    for set in ["down", "up"] {
+        let (shape, _) = &fx[&format!("{set}.pixels")];
+        let r = make([shape[2], shape[3]]);
+        let px = tensor4(&fx[&format!("{set}.pixels")], &device).autodiff().require_grad();
+        let flat = px.clone().reshape([shape[0], shape[1] * shape[2] * shape[3]]);
+        let v = r.reward.value(&r.features.features(flat), cond);
+        close(&format!("{fixture_name} {set} reward"), &to_vec(&v), &fx[&format!("{set}.reward")].1, 2e-5);
+        let g = px.grad(&v.sum().backward()).unwrap();
+        close(
+            &format!("{fixture_name} {set} reward gradient"),
+            &to_vec(&g),
+            &fx[&format!("{set}.reward_grad")].1,
+            1e-4,
+        );
+    }
+}
+
+fn source(kind: Kind, model: &str, image: [usize; 2]) -> Source {
+    Source { kind, model: data(model), model_config: None, head: None, prompts: vec![], raw_prompts: false, image }
+}
+
+#[test]
+fn aesthetic_heads_match() {
+    let device = Device::default();
+    for head in ["aesthetic_linear", "aesthetic_mlp"] {
+        let make = |image| {
+            let src = Source { head: Some(data(&format!("{head}.pth"))), ..source(Kind::Aesthetic, "hf_clip", image) };
+            score::build(&src, &device).unwrap()
+        };
+        check_reward(make, &format!("{head}.safetensors"), Condition::None);
+    }
+}
+
+#[test]
+fn nsfw_probability_matches() {
+    let device = Device::default();
+    let make = |image| score::build(&source(Kind::Nsfw, "nsfw_vit", image), &device).unwrap();
+    check_reward(make, "nsfw_vit.safetensors", Condition::None);
+    // Training minimises the probability: the tilt is its negative, and so is the gradient.
+    let r = make([32, 32]);
+    let f = Tensor::<2>::from_data(TensorData::new(vec![0.3f32; 2 * 32], [2, 32]), &device);
+    let (v, t) = (to_vec(&r.reward.value(&f, Condition::None)), to_vec(&r.reward.tilted(&f, Condition::None)));
+    assert!(v.iter().zip(&t).all(|(a, b)| (a + b).abs() < 1e-7 && *a > 0.0 && *a < 1.0), "{v:?} {t:?}");
+}
+
+#[test]
+fn hpsv2_matches_with_its_prompt_rule() {
+    let device = Device::default();
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("hpsv2_prompts.json")).unwrap()).unwrap();
+    let prompts: Vec<String> = p["prompts"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().into()).collect();
+    for (prompt, text) in prompts.iter().zip(p["texts"].as_array().unwrap()) {
+        assert_eq!(score::photo_prompt(prompt), text.as_str().unwrap());
+    }
+    let make = |image| {
+        let src = Source {
+            model: data("open_clip_tiny.pt"),
+            model_config: Some(data("open_clip_tiny.json")),
+            prompts: prompts.clone(),
+            ..source(Kind::Hpsv2, "", image)
+        };
+        score::build(&src, &device).unwrap()
+    };
+    check_reward(make, "open_clip_image.safetensors", Condition::Prompt(0));
+    // The raw-prompt flag scores against the prompt itself: a different text, a different reward.
+    let raw = score::build(
+        &Source {
+            model: data("open_clip_tiny.pt"),
+            model_config: Some(data("open_clip_tiny.json")),
+            prompts: prompts.clone(),
+            raw_prompts: true,
+            ..source(Kind::Hpsv2, "", [32, 32])
+        },
+        &device,
+    )
+    .unwrap();
+    let f = clip::normalize(Tensor::<2>::from_data(
+        TensorData::new((0..16).map(|i| i as f32).collect::<Vec<_>>(), [1, 16]),
+        &device,
+    ));
+    let a = to_vec(&make([32, 32]).reward.value(&f, Condition::Prompt(0)))[0];
+    let b = to_vec(&raw.reward.value(&f, Condition::Prompt(0)))[0];
+    assert!((a - b).abs() > 1e-3, "{a} vs {b}");
+}
+
+#[test]
+fn pickscore_scales_by_the_models_logit_scale() {
+    let device = Device::default();
+    let loaded = clip::load(&data("hf_clip"), None, Towers { vision: true, text: true }, &device).unwrap();
+    let fx = fixture("hf_clip_text.safetensors");
+    assert_eq!(loaded.logit_scale, Some(fx["logit_scale"].1[0]));
+    let text =
+        clip::normalize(Tensor::<2>::from_data(TensorData::new(fx["text_features"].1.clone(), [3, 16]), &device));
+    let scale = f64::from(loaded.logit_scale.unwrap()).exp();
+    let make = |image| {
+        let base = score::build(&source(Kind::Aesthetic, "hf_clip", image), &device);
+        assert!(base.is_err(), "the aesthetic reward without its head is refused");
+        let l = clip::load(&data("hf_clip"), None, Towers { vision: true, text: false }, &device).unwrap();
+        ImageReward {
+            features: Rc::new(score::ClipFeatures {
+                tower: l.model.vision.unwrap(),
+                preprocess: l.preprocess,
+                image,
+                normalise: true,
+            }),
+            reward: Rc::new(score::Similarity { text: text.clone(), scale }),
+            activation_floats: 0,
+        }
+    };
+    check_reward(make, "hf_clip_image.safetensors", Condition::Prompt(0));
+}
+
+/// Every published reward, built from the tiny fixtures, passes the reward conformance suite.
+#[test]
+fn published_rewards_conform() {
+    use fav_trainer::rewards::conformance;
+    let device = Device::default();
+    let prompts = vec!["a red cube, studio light".to_string(), "two dogs".to_string()];
+    let open_clip = |kind| Source {
+        model: data("open_clip_tiny.pt"),
+        model_config: Some(data("open_clip_tiny.json")),
+        prompts: prompts.clone(),
+        ..source(kind, "", [32, 32])
+    };
+    let all = [
+        ("aesthetic", Source { head: Some(data("aesthetic_mlp.pth")), ..source(Kind::Aesthetic, "hf_clip", [32, 32]) }),
+        ("hpsv2", open_clip(Kind::Hpsv2)),
+        ("clip_score", open_clip(Kind::ClipScore)),
+        ("nsfw", source(Kind::Nsfw, "nsfw_vit", [32, 32])),
+    ];
+    let pixels = Tensor::<2>::from_data(
+        TensorData::new(
+            (0..2 * 3 * 32 * 32).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect::<Vec<_>>(),
+            [2, 3 * 32 * 32],
+        ),
+        &device,
+    );
+    for (name, src) in all {
+        let r = score::build(&src, &device).unwrap();
+        conformance::features_are_differentiable(r.features.as_ref(), &pixels)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let x = r.features.features(pixels.clone());
+        for cond in [Condition::Prompt(0), Condition::Prompt(1)] {
+            conformance::values_are_deterministic(r.reward.as_ref(), &x, cond)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            conformance::gradient_matches_nes(r.reward.as_ref(), &x, cond, 1e-3, 4096, 0.97)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
 }

@@ -90,9 +90,7 @@ impl Reward for ScoreHead {
     }
 
     fn grad(&self, x: &Tensor<2>, _: Condition) -> Option<Tensor<2>> {
-        let f = x.clone().autodiff().require_grad();
-        let grads = self.head.forward(f.clone()).sum().backward();
-        f.grad(&grads)
+        Some(super::autodiff_grad(x, |f| self.head.forward(f)))
     }
 }
 

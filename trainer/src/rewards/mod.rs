@@ -55,6 +55,13 @@ pub trait Reward {
     }
 }
 
+/// `∇_x Σ_i f(x)_i` on detached particles: a differentiable reward's gradient.
+pub fn autodiff_grad(x: &Tensor<2>, f: impl Fn(Tensor<2>) -> Tensor<2>) -> Tensor<2> {
+    let v = x.clone().detach().autodiff().require_grad();
+    let grads = f(v.clone()).sum().backward();
+    v.grad(&grads).expect("the reward depends on its particles")
+}
+
 /// A named image reward: its feature map and the reward on those features.
 pub struct ImageReward {
     pub features: Rc<dyn FeatureMap>,

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod layouts;
 pub mod preprocess;
+pub mod score;
 pub mod tokenizer;
 pub mod tower;
 
