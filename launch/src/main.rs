@@ -135,6 +135,40 @@ enum Command {
         #[arg(long)]
         ranks_here: Option<usize>,
     },
+    /// Score images with a published reward model (files you downloaded; nothing is fetched):
+    /// one JSON line per image (image, prompt, reward).
+    Score {
+        /// aesthetic, hpsv2, pickscore, clip_score or nsfw.
+        #[arg(long)]
+        reward: String,
+        /// Model directory (transformers, or the hub's open_clip layout) or checkpoint file.
+        #[arg(long)]
+        model: PathBuf,
+        /// The model config of a checkpoint file (open_clip's model JSON, e.g. ViT-H-14.json).
+        #[arg(long)]
+        model_config: Option<PathBuf>,
+        /// The aesthetic head (LAION's .pth).
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// One prompt for every image.
+        #[arg(long, conflicts_with = "prompts")]
+        prompt: Option<String>,
+        /// A file of prompts, one line per image, in image order.
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// HPSv2: score against the prompt as given, not "a photo of a …" (spec §7.1).
+        #[arg(long)]
+        raw_prompts: bool,
+        /// Write each image's particle (the reward model's features) here, keyed "0", "1", ….
+        #[arg(long)]
+        features: Option<PathBuf>,
+        /// Write the reward's gradient with respect to each image's pixels (in [−1, 1],
+        /// [3, H, W]) here, keyed "0", "1", ….
+        #[arg(long)]
+        grad: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Print the resolved configuration (defaults, file and overrides) as TOML.
     Config {
         config: Option<PathBuf>,
@@ -259,6 +293,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
                 None => println!("{here} rank(s) on this machine: {need} (available memory unknown)"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Score { reward, model, model_config, head, prompt, prompts, raw_prompts, features, grad, images } => {
+            use fav_trainer::rewards::clip::{score, scoring};
+            let kind = score::Kind::parse(&reward).ok_or_else(|| {
+                let names: Vec<&str> = score::Kind::ALL.iter().map(|(n, _)| *n).collect();
+                anyhow::anyhow!("--reward {reward:?}: expected one of {}", names.join(", "))
+            })?;
+            let prompts = match (prompt, prompts) {
+                (Some(p), _) => vec![p],
+                (None, Some(file)) => std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                    .lines()
+                    .map(str::to_string)
+                    .collect(),
+                (None, None) => vec![],
+            };
+            if kind.needs_text() && prompts.is_empty() {
+                anyhow::bail!("--reward {reward} scores an image against its prompt: give --prompt or --prompts");
+            }
+            let source = score::Source { kind, model, model_config, head, prompts, raw_prompts, image: [0, 0] };
+            let job = scoring::ScoreJob { source, images, features_out: features, grad_out: grad };
+            for line in scoring::score(&job).map_err(|e| anyhow::anyhow!(e))? {
+                println!("{}", serde_json::to_string(&line)?);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod layouts;
 pub mod preprocess;
 pub mod score;
+pub mod scoring;
 pub mod tokenizer;
 pub mod tower;
 

@@ -58,7 +58,11 @@ impl Preprocess {
         let [n, c, h, w] = pixels.dims();
         let device: Device = pixels.device();
         let s = self.size;
-        let x = pixels.mul_scalar(0.5).add_scalar(0.5).clamp(0.0, 1.0);
+        // Clamped by masks, not `clamp`: PyTorch's clamp passes no gradient at the bounds
+        // themselves (pixels of 0 and 255 are common), burn's passes it.
+        let x = pixels.mul_scalar(0.5).add_scalar(0.5);
+        let x = x.clone().mask_fill(x.clone().lower_equal_elem(0.0), 0.0);
+        let x = x.clone().mask_fill(x.greater_equal_elem(1.0), 1.0);
         let x = if (h, w) == (s, s) {
             x
         } else {

@@ -87,15 +87,22 @@ pub struct ClipFeatures {
     pub normalise: bool,
 }
 
-impl FeatureMap for ClipFeatures {
-    fn features(&self, samples: Tensor<2>) -> Tensor<2> {
+impl ClipFeatures {
+    /// φ of images of `size` (flattened `[3, size]` rows): the preprocessing resizes any size.
+    pub fn of_size(&self, samples: Tensor<2>, size: [usize; 2]) -> Tensor<2> {
         let n = samples.dims()[0];
-        let f = self.tower.forward(self.preprocess.apply(samples.reshape([n, 3, self.image[0], self.image[1]])));
+        let f = self.tower.forward(self.preprocess.apply(samples.reshape([n, 3, size[0], size[1]])));
         if self.normalise {
             normalize(f)
         } else {
             f
         }
+    }
+}
+
+impl FeatureMap for ClipFeatures {
+    fn features(&self, samples: Tensor<2>) -> Tensor<2> {
+        self.of_size(samples, self.image)
     }
 }
 
@@ -246,6 +253,13 @@ fn activation_floats(model: &ClipModel, image: [usize; 2]) -> usize {
 
 /// Build the published reward `src` describes, reading its files (nothing is fetched).
 pub fn build(src: &Source, device: &Device) -> Result<ImageReward, WeightsError> {
+    let (features, reward, activation_floats) = build_parts(src, device)?;
+    Ok(ImageReward { features: Rc::new(features), reward, activation_floats })
+}
+
+/// [`build`]'s parts: the feature map as itself (to take images of other sizes), the reward,
+/// the activation floats.
+pub fn build_parts(src: &Source, device: &Device) -> Result<(ClipFeatures, Rc<dyn Reward>, usize), WeightsError> {
     let towers = Towers { vision: true, text: src.kind.needs_text() };
     let loaded = load(&src.model, src.model_config.as_deref(), towers, device)?;
     let model_err = |reason: String| WeightsError::Read { path: loaded.weights.clone(), reason };
@@ -297,7 +311,7 @@ pub fn build(src: &Source, device: &Device) -> Result<ImageReward, WeightsError>
     };
     let features =
         ClipFeatures { tower, preprocess: loaded.preprocess, image: src.image, normalise: src.kind != Kind::Nsfw };
-    Ok(ImageReward { features: Rc::new(features), reward, activation_floats })
+    Ok((features, reward, activation_floats))
 }
 
 /// The text tower's features of `texts` (tokenized with the CLIP vocabulary), in batches.
