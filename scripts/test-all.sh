@@ -24,6 +24,7 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v clang >/dev/null || need+=(clang)
 command -v ip >/dev/null || need+=(iproute2)   # hosts in network namespaces (launch/tests/netns.rs)
 command -v kill >/dev/null || need+=(procps)
+command -v python3 >/dev/null || need+=(python3)   # the reward server (examples/reward_server.py)
 install "${need[@]}"
 # A single-node Slurm with munge for launch/tests/slurm.rs (the test starts and stops the daemons).
 need=()

@@ -11,6 +11,7 @@ pub mod clip;
 pub mod conformance;
 pub mod jpeg;
 pub mod learned;
+pub mod server;
 pub mod toy;
 
 use crate::config::RewardGrad;
