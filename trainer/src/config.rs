@@ -28,6 +28,44 @@ pub struct Config {
     pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
     pub image: ImageConfig,
+    /// The files of a published reward model, or the reward server (`image.reward` names which).
+    pub reward: RewardConfig,
+}
+
+/// A published reward model's files (nothing is fetched: paths on every rank's filesystem) and
+/// the reward server, for the rewards `image.reward` names.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardConfig {
+    /// A model directory (transformers; the hub's open_clip layout) or checkpoint file.
+    pub model: String,
+    /// The model config of a checkpoint file (open_clip's model JSON, e.g. ViT-H-14.json).
+    pub model_config: String,
+    /// The aesthetic reward's head (LAION's `.pth`).
+    pub head: String,
+    /// HPSv2: score against the prompt as given, not "a photo of a …" (spec §7.1).
+    pub raw_prompts: bool,
+    pub server: ServerConfig,
+}
+
+/// Where a reward server is and how patiently to ask it (`rewards::server`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `http://host:port/path` (https works too).
+    pub url: String,
+    /// Seconds one request may take, connecting included.
+    pub timeout_s: f64,
+    /// Further attempts after a failed one (0.5 s, 1 s, 2 s, … apart).
+    pub retries: usize,
+    /// Images per request.
+    pub max_batch: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { url: String::new(), timeout_s: 60.0, retries: 3, max_batch: 64 }
+    }
 }
 
 /// Where tensors live: `cpu`, or `cuda` / `cuda:N`, parsed once from the config's string.
@@ -297,6 +335,7 @@ impl Default for Config {
             eval: EvalConfig::default(),
             checkpoint: CheckpointConfig::default(),
             image: ImageConfig::default(),
+            reward: RewardConfig::default(),
         }
     }
 }

@@ -20,6 +20,9 @@ pub enum JobError {
     Broadcast { what: &'static str, reason: String },
     #[error("{0}")]
     Diverged(String),
+    /// The reward could not be built from its files or server (named).
+    #[error("reward: {0}")]
+    Reward(String),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("asked to stop at step {step}, but its checkpoint could not be saved: {reason}")]

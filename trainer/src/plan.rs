@@ -9,7 +9,7 @@
 //! what cannot fit instead of aborting on an allocation hours in.
 
 use crate::config::{err, Config, ConfigError, RewardGrad, Task};
-use crate::data::shapes::{CLASSES, PIXELS};
+use crate::data::shapes::{CLASSES, PIXELS, SIZE};
 use crate::data::Condition;
 use crate::lora::{self, Targets};
 use crate::models::{self, Family, FamilyVisitor};
@@ -114,10 +114,25 @@ pub fn plan(cfg: &Config, ranks: usize) -> Result<Plan, ConfigError> {
         Task::Toy => (facts.sample, 0.0, 0.0, f.ref_batch as f64),
         Task::Image => {
             let model = RewardModel::new(&Device::flex());
-            let r = rewards::image(&cfg.image.reward, &model).ok_or_else(|| err("image.reward", "unknown"))?;
-            let probe = matrix(vec![0.0; PIXELS], 1, PIXELS, &Device::flex());
-            let d = r.features.features(probe).dims()[1] as f64;
-            (d, r.activation_floats as f64, model.num_params() as f64, k)
+            let maker = rewards::image_maker(&cfg.image.reward).ok_or_else(|| err("image.reward", "unknown"))?;
+            // The learned model is trained for evaluation whichever reward aligns.
+            let learned = model.num_params() as f64;
+            match maker {
+                rewards::Maker::Own(make) => {
+                    let r = make(&model);
+                    let probe = matrix(vec![0.0; PIXELS], 1, PIXELS, &Device::flex());
+                    let d = r.features.features(probe).dims()[1] as f64;
+                    (d, r.activation_floats as f64, learned, k)
+                }
+                rewards::Maker::Published(kind) => {
+                    let src =
+                        rewards::published_source(kind, &cfg.reward, crate::tasks::image::prompts(), [SIZE, SIZE]);
+                    let (d, acts, params) =
+                        rewards::clip::score::describe(&src).map_err(|e| err("reward.model", e.to_string()))?;
+                    (d as f64, acts as f64, learned + params as f64, k)
+                }
+                rewards::Maker::Server => (PIXELS as f64, 0.0, learned, k),
+            }
         }
     };
     let frozen = match cfg.task {

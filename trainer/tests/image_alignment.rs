@@ -65,7 +65,15 @@ fn run(cfg: &Config, out: &Path) -> ImageSummary {
 fn reward_of<G: Generator>(gen: &G, s: &ImageSummary, reward: &str, steps: usize) -> f64 {
     let dev = Device::flex();
     let encoder = fav_trainer::weights::load(RewardModel::new(&dev), Path::new(&s.reward_checkpoint)).unwrap();
-    let r = fav_trainer::rewards::image(reward, &encoder).unwrap();
+    let cfg = fav_trainer::config::RewardConfig::default();
+    let inputs = fav_trainer::rewards::Inputs {
+        learned: &encoder,
+        cfg: &cfg,
+        prompts: fav_trainer::tasks::image::prompts(),
+        image: [32, 32],
+        device: &dev,
+    };
+    let r = fav_trainer::rewards::image(reward, &inputs).unwrap().unwrap();
     let judge = Judge { reward: &r, encoder: &encoder, seed: 0, per_class: 32, sample_steps: steps, device: dev };
     judge.evaluate(gen).0.reward_mean
 }

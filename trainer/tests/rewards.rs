@@ -2,6 +2,7 @@
 //! feature map, and FAV-B's antithetic NES estimator (spec §9.1) itself.
 
 use burn::tensor::{Device, Tensor};
+use fav_trainer::config::{RewardConfig, ServerConfig};
 use fav_trainer::data::Condition;
 use fav_trainer::rewards::learned::{RewardModel, EMBED};
 use fav_trainer::rewards::toy::ClusterReward;
@@ -23,6 +24,50 @@ fn pixels(n: usize, dev: &Device) -> Tensor<2> {
     matrix((0..n * 3072).map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0).collect(), n, 3072, dev)
 }
 
+/// The files (tiny random models of each published layout, `scripts/fixtures/clip.py`) or the
+/// server a registered reward is built from.
+fn published(name: &str, server: &str) -> RewardConfig {
+    let data = |f: &str| format!("{}/tests/data/clip/{f}", env!("CARGO_MANIFEST_DIR"));
+    let open_clip = RewardConfig {
+        model: data("open_clip_tiny.pt"),
+        model_config: data("open_clip_tiny.json"),
+        ..Default::default()
+    };
+    match name {
+        "aesthetic" => RewardConfig { model: data("hf_clip"), head: data("aesthetic_mlp.pth"), ..Default::default() },
+        "hpsv2" | "pickscore" | "clip_score" => open_clip,
+        "nsfw" => RewardConfig { model: data("nsfw_vit"), ..Default::default() },
+        _ => RewardConfig { server: ServerConfig { url: server.into(), ..Default::default() }, ..Default::default() },
+    }
+}
+
+/// `examples/reward_server.py` on a free port, killed when dropped.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Served {
+    fn start() -> Self {
+        let script = format!("{}/../examples/reward_server.py", env!("CARGO_MANIFEST_DIR"));
+        let mut child = std::process::Command::new("python3")
+            .args([script.as_str(), "--port", "0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs the reward server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        Self { child, url: line.trim().rsplit(' ').next().unwrap().to_string() }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Every reward: deterministic finite values; the exact gradient agrees with the NES estimate
 /// (the toy's log r: σ = 1e-3 leaves no smoothing bias and 20 000 pairs put the standard error
 /// near 1% of |∇R|; the learned head is linear, so ĝ = (1/n)Σ(w·u)u, whose cosine to w is about
@@ -36,8 +81,16 @@ fn every_reward_conforms() {
     let x = points(&dev);
     conformance::values_are_deterministic(&toy, &x, Condition::None).unwrap();
     conformance::gradient_matches_nes(&toy, &x, Condition::None, 1e-3, 20_000, 0.99).unwrap();
+    let server = Served::start();
     for name in rewards::image_names() {
-        let r = rewards::image(name, &model).expect("registered");
+        let inputs = rewards::Inputs {
+            learned: &model,
+            cfg: &published(name, &server.url),
+            prompts: vec!["a disc".into(), "a square, in red".into()],
+            image: [32, 32],
+            device: &dev,
+        };
+        let r = rewards::image(name, &inputs).expect("registered").unwrap_or_else(|e| panic!("{name}: {e}"));
         let particles = r.features.features(pixels(3, &dev));
         let cond = Condition::Class(1);
         conformance::values_are_deterministic(r.reward.as_ref(), &particles, cond)
@@ -47,7 +100,8 @@ fn every_reward_conforms() {
         match r.reward.black_box() {
             true => assert!(r.reward.grad(&particles, cond).is_none(), "{name}: a black box has no gradient"),
             false => {
-                let x = embeddings(&dev);
+                // The learned head's 64-d embeddings; a published reward's own features.
+                let x = if name == "learned" { embeddings(&dev) } else { particles.clone() };
                 conformance::gradient_matches_nes(r.reward.as_ref(), &x, cond, 0.01, 4096, 0.97)
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
             }

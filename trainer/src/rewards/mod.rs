@@ -71,17 +71,87 @@ pub struct ImageReward {
     pub activation_floats: usize,
 }
 
-/// Builds an image reward from the run's learned reward model.
-type MakeReward = fn(&learned::RewardModel) -> ImageReward;
+/// How a registered image reward is made.
+#[derive(Clone, Copy, Debug)]
+pub enum Maker {
+    /// From the run's learned reward model (the evaluation encoder, which it may use or not).
+    Own(fn(&learned::RewardModel) -> ImageReward),
+    /// A published model's files (`reward.model`, …): CLIP-family features and a reward on them.
+    Published(clip::score::Kind),
+    /// The reward server (`reward.server`): pixel particles, a black box.
+    Server,
+}
 
-/// The image rewards by config name (`image.reward`), each built from the run's learned reward
-/// model (the evaluation encoder, which a reward may use or not). One line registers a reward.
-const IMAGE: &[(&str, MakeReward)] =
-    &[("learned", learned::reward), ("jpeg_compress", jpeg::compress), ("jpeg_incompress", jpeg::incompress)];
+impl Maker {
+    /// Whether the reward has no gradient of its own (FAV-B estimates it; DRaFT cannot run).
+    pub fn black_box(self) -> bool {
+        match self {
+            Maker::Own(make) => make(&learned::RewardModel::new(&burn::tensor::Device::flex())).reward.black_box(),
+            Maker::Published(_) => false,
+            Maker::Server => true,
+        }
+    }
+}
 
-/// The image reward called `name`.
-pub fn image(name: &str, model: &learned::RewardModel) -> Option<ImageReward> {
-    IMAGE.iter().find(|(n, _)| *n == name).map(|(_, make)| make(model))
+/// The image rewards by config name (`image.reward`). One line registers a reward.
+const IMAGE: &[(&str, Maker)] = &[
+    ("learned", Maker::Own(learned::reward)),
+    ("jpeg_compress", Maker::Own(jpeg::compress)),
+    ("jpeg_incompress", Maker::Own(jpeg::incompress)),
+    ("aesthetic", Maker::Published(clip::score::Kind::Aesthetic)),
+    ("hpsv2", Maker::Published(clip::score::Kind::Hpsv2)),
+    ("pickscore", Maker::Published(clip::score::Kind::PickScore)),
+    ("clip_score", Maker::Published(clip::score::Kind::ClipScore)),
+    ("nsfw", Maker::Published(clip::score::Kind::Nsfw)),
+    ("server", Maker::Server),
+];
+
+/// What an image reward is built from.
+pub struct Inputs<'a> {
+    pub learned: &'a learned::RewardModel,
+    pub cfg: &'a crate::config::RewardConfig,
+    /// The prompt of each condition (the image task: its class names).
+    pub prompts: Vec<String>,
+    /// `[height, width]` of the RGB samples the feature map receives.
+    pub image: [usize; 2],
+    pub device: &'a burn::tensor::Device,
+}
+
+/// How the image reward called `name` is made.
+pub fn image_maker(name: &str) -> Option<Maker> {
+    IMAGE.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
+}
+
+/// The published reward `kind` as `cfg` locates its files.
+pub fn published_source(
+    kind: clip::score::Kind,
+    cfg: &crate::config::RewardConfig,
+    prompts: Vec<String>,
+    image: [usize; 2],
+) -> clip::score::Source {
+    let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+    clip::score::Source {
+        kind,
+        model: std::path::PathBuf::from(&cfg.model),
+        model_config: path(&cfg.model_config),
+        head: path(&cfg.head),
+        prompts,
+        raw_prompts: cfg.raw_prompts,
+        image,
+    }
+}
+
+/// Build the image reward called `name` (`None`: no such reward; `Err`: its files or server
+/// could not be used, named).
+pub fn image(name: &str, i: &Inputs) -> Option<Result<ImageReward, String>> {
+    Some(match image_maker(name)? {
+        Maker::Own(make) => Ok(make(i.learned)),
+        Maker::Published(kind) => {
+            clip::score::build(&published_source(kind, i.cfg, i.prompts.clone(), i.image), i.device)
+                .map_err(|e| e.to_string())
+        }
+        Maker::Server => server::Server::new(i.cfg.server.clone(), i.prompts.clone(), i.image).map(server::reward),
+    })
 }
 
 /// The names [`image`] knows.

@@ -24,31 +24,12 @@
 //! library only.
 
 use super::{Identity, Reward};
+pub use crate::config::ServerConfig;
 use crate::data::Condition;
 use crate::tensors::{matrix, to_vec};
 use base64::Engine;
 use burn::tensor::Tensor;
 use std::time::Duration;
-
-/// Where the server is and how patiently to ask it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// `http://host:port/path` (https works too).
-    pub url: String,
-    /// Seconds one request may take, connecting included.
-    pub timeout_s: f64,
-    /// Further attempts after a failed one (0.5 s, 1 s, 2 s, … apart).
-    pub retries: usize,
-    /// Images per request.
-    pub max_batch: usize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self { url: String::new(), timeout_s: 60.0, retries: 3, max_batch: 64 }
-    }
-}
 
 /// A reward server client for images of one size, with the prompts conditions index.
 pub struct Server {

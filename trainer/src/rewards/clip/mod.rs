@@ -141,15 +141,7 @@ fn normalisation(files: &Files) -> Result<([f64; 3], [f64; 3]), WeightsError> {
     Ok((mean, std))
 }
 
-/// Load the `towers` of the model at `model` (a directory, or a checkpoint file with
-/// `model_config`), every size read from its config.
-pub fn load(
-    model: &Path,
-    model_config: Option<&Path>,
-    towers: Towers,
-    device: &Device,
-) -> Result<Loaded, WeightsError> {
-    let files = locate(model, model_config)?;
+fn parse_config(files: &Files, towers: Towers) -> Result<ClipConfig, WeightsError> {
     let text = std::fs::read_to_string(&files.config).map_err(|e| config_err(&files.config, e))?;
     let config = ClipConfig::parse(&text).map_err(|e| config_err(&files.config, e))?;
     for (wanted, has, what) in
@@ -159,6 +151,30 @@ pub fn load(
             return Err(config_err(&files.config, format!("this model has no {what}, which the reward needs")));
         }
     }
+    Ok(config)
+}
+
+/// The config of the model at `model` (checked to have `towers`) and its weights file, without
+/// reading the weights.
+pub fn read_config(
+    model: &Path,
+    model_config: Option<&Path>,
+    towers: Towers,
+) -> Result<(ClipConfig, PathBuf), WeightsError> {
+    let files = locate(model, model_config)?;
+    Ok((parse_config(&files, towers)?, files.weights))
+}
+
+/// Load the `towers` of the model at `model` (a directory, or a checkpoint file with
+/// `model_config`), every size read from its config.
+pub fn load(
+    model: &Path,
+    model_config: Option<&Path>,
+    towers: Towers,
+    device: &Device,
+) -> Result<Loaded, WeightsError> {
+    let files = locate(model, model_config)?;
+    let config = parse_config(&files, towers)?;
     let module = ClipModel::new(&config, towers, device);
     let model_w = weights::load_mapped(module, &files.weights, &layouts::name_map(config.layout, towers))?;
     let logit_scale = weights::read_tensor(&files.weights, r"(?:state_dict\.|module\.)*logit_scale")?

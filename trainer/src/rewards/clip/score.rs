@@ -13,8 +13,9 @@
 //! Text features are computed once per prompt when the reward is built; the text tower is then
 //! dropped. A condition picks its prompt: `Prompt(i)` and `Class(i)` the i-th, `None` the first.
 
+use super::config::VisionConfig;
 use super::tokenizer::Tokenizer;
-use super::{load, normalize, ClipModel, Preprocess, Towers, VisionTower};
+use super::{load, normalize, ClipConfig, ClipModel, Preprocess, Towers, VisionTower};
 use crate::data::Condition;
 use crate::rewards::{autodiff_grad, FeatureMap, ImageReward, Reward};
 use crate::weights::{self, NameMap, WeightsError};
@@ -243,12 +244,50 @@ impl Reward for Classifier {
 
 /// Floats the tower keeps per image for the backward pass, roughly: per block the inputs of
 /// both norms, q, k, v, the attention weights, the attention output, the MLP's hidden layer
-/// twice; plus the preprocessed image (`fav plan`).
-fn activation_floats(model: &ClipModel, image: [usize; 2]) -> usize {
-    let v = model.vision.as_ref().expect("an image tower");
-    let [tokens, w] = v.pos.dims();
-    let per_block = |b: &super::tower::Block| tokens * (7 * w + 2 * b.fc1.weight.dims()[1]) + b.heads * tokens * tokens;
-    v.blocks.iter().map(per_block).sum::<usize>() + 3 * (image[0] * image[1] + v.image_size().pow(2))
+/// twice; plus the image before and after preprocessing (`fav plan`).
+fn activation_floats(v: &VisionConfig, image: [usize; 2]) -> usize {
+    let tokens = (v.image_size / v.patch_size).pow(2) + 1;
+    let s = &v.stack;
+    s.layers * (tokens * (7 * s.width + 2 * s.mlp) + s.heads * tokens * tokens)
+        + 3 * (image[0] * image[1] + v.image_size.pow(2))
+}
+
+/// The image tower's parameter count, from its config.
+fn tower_params(v: &VisionConfig) -> usize {
+    let (w, s) = (v.stack.width, &v.stack);
+    let tokens = (v.image_size / v.patch_size).pow(2) + 1;
+    let block = 4 * (w * w + w) + 2 * w * s.mlp + s.mlp + w + 4 * w;
+    3 * v.patch_size.pow(2) * w + (tokens + 1) * w + s.layers * block + 4 * w + v.proj.map_or(0, |d| w * d)
+}
+
+/// What `fav plan` needs of a published reward, from its config alone (no weights read): the
+/// particle dimension, the activation floats per image, the parameters of the image tower.
+pub fn describe(src: &Source) -> Result<(usize, usize, usize), WeightsError> {
+    let (config, _) = check(src)?;
+    let v = config.vision.as_ref().expect("checked: an image tower");
+    let d = if src.kind == Kind::Nsfw { v.stack.width } else { v.proj.unwrap_or(v.stack.width) };
+    Ok((d, activation_floats(v, src.image), tower_params(v)))
+}
+
+/// Refuse a source whose files are missing or whose config is not a model the reward can use —
+/// without reading its weights (configuration checks run before any work).
+pub fn check(src: &Source) -> Result<(ClipConfig, PathBuf), WeightsError> {
+    let towers = Towers { vision: true, text: src.kind.needs_text() };
+    let (config, weights) = super::read_config(&src.model, src.model_config.as_deref(), towers)?;
+    let bad = |reason: &str| WeightsError::Read { path: weights.clone(), reason: reason.into() };
+    match src.kind {
+        Kind::Aesthetic => match &src.head {
+            Some(h) if h.is_file() => {}
+            Some(h) => return Err(WeightsError::Read { path: h.clone(), reason: "no such file".into() }),
+            None => return Err(bad("the aesthetic reward needs its head file")),
+        },
+        Kind::Nsfw if !config.labels.iter().any(|l| l.eq_ignore_ascii_case("nsfw")) => {
+            return Err(bad(&format!("no \"nsfw\" label among the classifier's {:?}", config.labels)))
+        }
+        k if k.needs_text() && src.prompts.is_empty() => return Err(bad("this reward needs at least one prompt")),
+        _ => {}
+    }
+    Ok((config, weights))
 }
 
 /// Build the published reward `src` describes, reading its files (nothing is fetched).
@@ -263,7 +302,7 @@ pub fn build_parts(src: &Source, device: &Device) -> Result<(ClipFeatures, Rc<dy
     let towers = Towers { vision: true, text: src.kind.needs_text() };
     let loaded = load(&src.model, src.model_config.as_deref(), towers, device)?;
     let model_err = |reason: String| WeightsError::Read { path: loaded.weights.clone(), reason };
-    let activation_floats = activation_floats(&loaded.model, src.image);
+    let activation_floats = activation_floats(loaded.config.vision.as_ref().expect("an image tower"), src.image);
     let ClipModel { vision, text, classifier } = loaded.model;
     let tower = vision.expect("loaded with its image tower");
     let width = tower.proj.as_ref().map(|p| p.weight.dims()[1]).unwrap_or(tower.cls.dims()[0]);

@@ -57,15 +57,28 @@ impl super::Maker for Image {
 /// reward without NES, DRaFT without a gradient, adapter targets the family does not have.
 pub(super) fn check(cfg: &Config) -> Result<(), ConfigError> {
     let i = &cfg.image;
-    let dev = Device::flex();
-    let model = RewardModel::new(&dev);
-    let reward = rewards::image(&i.reward, &model).ok_or_else(|| {
+    let maker = rewards::image_maker(&i.reward).ok_or_else(|| {
         err(
             "image.reward",
             format!("unknown name {:?}; expected one of {}", i.reward, rewards::image_names().join(", ")),
         )
     })?;
-    let differentiable = !reward.reward.black_box();
+    // The files of a published reward and the server's address, without loading anything.
+    match maker {
+        rewards::Maker::Published(kind) => {
+            if cfg.reward.model.is_empty() {
+                return Err(err("reward.model", format!("{:?} needs the published model's files", i.reward)));
+            }
+            let src = rewards::published_source(kind, &cfg.reward, prompts(), [SIZE, SIZE]);
+            rewards::clip::score::check(&src).map_err(|e| err("reward.model", e.to_string()))?;
+        }
+        rewards::Maker::Server => {
+            rewards::server::Server::new(cfg.reward.server.clone(), prompts(), [SIZE, SIZE])
+                .map_err(|e| err("reward.server.url", e))?;
+        }
+        rewards::Maker::Own(_) => {}
+    }
+    let differentiable = !maker.black_box();
     if !differentiable && cfg.fav.reward_grad != RewardGrad::Nes {
         return Err(err("fav.reward_grad", format!("{:?} is black-box: it needs \"nes\"", i.reward)));
     }
@@ -73,6 +86,11 @@ pub(super) fn check(cfg: &Config) -> Result<(), ConfigError> {
         return Err(err("image.method", format!("draft backpropagates the reward: {:?} has no gradient", i.reward)));
     }
     crate::models::image::with_family(&i.family, TargetsOf(&i.lora_targets)).expect("family checked").map(|_| ())
+}
+
+/// The prompt of each class, for rewards that read one: its name.
+pub fn prompts() -> Vec<String> {
+    CLASSES.iter().map(|c| c.to_string()).collect()
 }
 
 /// Resolves `image.lora_targets` against a family's layers.
@@ -250,7 +268,15 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
         if comm.rank() == 0 {
             self.frozen = Some((super::part_bytes(&base)?, super::part_bytes(&encoder)?));
         }
-        let reward = rewards::image(&i.reward, &encoder).expect("validated: a registered reward");
+        let inputs = rewards::Inputs {
+            learned: &encoder,
+            cfg: &cfg.reward,
+            prompts: prompts(),
+            image: [SIZE, SIZE],
+            device: &self.device,
+        };
+        let reward =
+            rewards::image(&i.reward, &inputs).expect("validated: a registered reward").map_err(JobError::Reward)?;
         self.base = Some(base.clone());
         let layout = Layout::new(f.batch, f.conditions, comm.size(), comm.rank()).map_err(JobError::Layout)?;
         // Adapter initialisation draws from the device generator, seeded from the run seed.
