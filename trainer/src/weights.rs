@@ -343,16 +343,7 @@ pub fn check_shapes<M: Module>(module: &M, file: &[(String, Vec<usize>)], map: &
     if !problems.is_empty() {
         return Err(format!("{} tensor(s) do not fit the model: {}", problems.len(), problems.join("; ")));
     }
-    if !missing.is_empty() {
-        return Err(format!("missing tensors {}", names(missing.iter().map(String::as_str))));
-    }
-    if !mapped.is_empty() {
-        return Err(format!(
-            "tensors not in this model {} (wrong model family?)",
-            names(mapped.values().map(|(n, _)| n.as_str()))
-        ));
-    }
-    Ok(())
+    missing_unused(missing.iter().map(String::as_str), mapped.values().map(|(n, _)| n.as_str()))
 }
 
 /// Every float parameter's module path, the type of the module holding it, and its shape,
@@ -408,16 +399,26 @@ fn refuse_misfits(res: &ApplyResult) -> Result<(), String> {
         let list: Vec<String> = res.errors.iter().take(8).map(|e| e.to_string()).collect();
         return Err(format!("{} tensor(s) do not fit the model: {}", res.errors.len(), list.join("; ")));
     }
-    if !res.missing.is_empty() {
-        return Err(format!("missing tensors {}", names(res.missing.iter().map(|(p, _)| p.as_str()))));
+    missing_unused(res.missing.iter().map(|(p, _)| p.as_str()), res.unused.iter().map(String::as_str))
+}
+
+/// Refuse missing module tensors and unused file tensors, naming both.
+fn missing_unused<'a>(
+    missing: impl ExactSizeIterator<Item = &'a str>,
+    unused: impl ExactSizeIterator<Item = &'a str>,
+) -> Result<(), String> {
+    let mut parts = Vec::new();
+    if missing.len() > 0 {
+        parts.push(format!("missing tensors {}", names(missing)));
     }
-    if !res.unused.is_empty() {
-        return Err(format!(
-            "tensors not in this model {} (wrong model family?)",
-            names(res.unused.iter().map(String::as_str))
-        ));
+    if unused.len() > 0 {
+        parts.push(format!("tensors not in this model {} (wrong model family?)", names(unused)));
     }
-    Ok(())
+    if parts.is_empty() {
+        Ok(())
+    } else {
+        Err(parts.join("; "))
+    }
 }
 
 /// `module`'s parameters as safetensors bytes with plain module-path names and one fixed

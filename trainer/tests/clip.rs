@@ -314,3 +314,37 @@ fn published_rewards_conform() {
         }
     }
 }
+
+/// The same image tower saved as transformers' single-tower `CLIPVisionModelWithProjection`, in
+/// the older pickled `pytorch_model.bin` with the int64 `position_ids` buffer published files
+/// carry: the same features as the two-tower `CLIPModel` directory.
+#[test]
+fn single_tower_pytorch_bin_loads_like_the_clip_model() {
+    check_image(&data("hf_clip_vision"), None, "hf_clip_image.safetensors");
+}
+
+/// A model that does not fit its config, or a config this port cannot honour, is refused naming
+/// the file and the tensor or key.
+#[test]
+fn refuses_mismatched_files_and_unsupported_configs() {
+    let device = Device::default();
+    let both = Towers { vision: true, text: false };
+    let err = clip::load(&data("nsfw_vit"), Some(&data("open_clip_tiny.json")), both, &device).unwrap_err().to_string();
+    assert!(err.contains("nsfw_vit/model.safetensors") && err.contains("vit.embeddings"), "{err}");
+    let dir = std::env::temp_dir().join(format!("fav-clip-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (json, key) in [
+        (r#"{"embed_dim": 16, "vision_cfg": {"timm_model_name": "vit_base"}}"#, "vision_cfg.timm_model_name"),
+        (r#"{"model_type": "clip", "vision_config": {"hidden_act": "relu"}}"#, "vision_config.hidden_act"),
+        (
+            r#"{"model_type": "clip", "vision_config": {"hidden_size": 30, "num_attention_heads": 4}}"#,
+            "multiple of 4 heads",
+        ),
+        (r#"{"model_type": "bert"}"#, "model_type"),
+    ] {
+        let cfg = dir.join("config.json");
+        std::fs::write(&cfg, json).unwrap();
+        let err = clip::load(&data("open_clip_tiny.pt"), Some(&cfg), both, &device).unwrap_err().to_string();
+        assert!(err.contains("config.json") && err.contains(key), "{json}: {err}");
+    }
+}
