@@ -247,6 +247,19 @@ fn hpsv2_matches_with_its_prompt_rule() {
     let a = to_vec(&make([32, 32]).reward.value(&f, Condition::Prompt(0)))[0];
     let b = to_vec(&raw.reward.value(&f, Condition::Prompt(0)))[0];
     assert!((a - b).abs() > 1e-3, "{a} vs {b}");
+    // CLIP score: 100 × the cosine to the prompt as given.
+    let cs = score::build(
+        &Source {
+            model: data("open_clip_tiny.pt"),
+            model_config: Some(data("open_clip_tiny.json")),
+            prompts: prompts.clone(),
+            ..source(Kind::ClipScore, "", [32, 32])
+        },
+        &device,
+    )
+    .unwrap();
+    let c = to_vec(&cs.reward.value(&f, Condition::Prompt(0)))[0];
+    assert!((c - 100.0 * b).abs() < 1e-4 * c.abs().max(1.0), "{c} vs 100 × {b}");
 }
 
 #[test]
