@@ -9,6 +9,7 @@
 pub mod conformance;
 pub mod image;
 pub mod mlp;
+pub mod sana;
 pub mod toy;
 
 use crate::config::Config;

@@ -1,0 +1,305 @@
+//! diffusers' `SanaTransformer2DModel`, as SANA-Sprint runs it: patch embedding, timestep (and
+//! guidance) embedding to adaLN-single modulation, caption projection and RMS norm, blocks of
+//! ReLU linear self-attention (computed in float32 — this port is float32 throughout), softmax
+//! cross-attention to the masked prompt tokens and the GLUMBConv Mix-FFN, then the modulated
+//! output norm, `proj_out` and unpatchify. Field names follow diffusers' so the name map is
+//! short; every size comes from [`TransformerConfig`].
+
+use super::config::TransformerConfig;
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::{gelu_approximate, relu, silu, softmax};
+use burn::tensor::{Device, Tensor};
+
+/// `linear_2(silu(linear_1(x)))`.
+#[derive(Module, Debug)]
+pub struct Mlp2 {
+    pub linear_1: Linear,
+    pub linear_2: Linear,
+}
+
+impl Mlp2 {
+    fn new(i: usize, h: usize, device: &Device) -> Self {
+        Self { linear_1: LinearConfig::new(i, h).init(device), linear_2: LinearConfig::new(h, h).init(device) }
+    }
+}
+
+/// Sinusoidal timestep features (diffusers' `Timesteps(256, flip_sin_to_cos=True,
+/// downscale_freq_shift=0)`): `[cos(t·f_k), sin(t·f_k)]`, `f_k = 10000^(−k/128)`.
+pub fn timestep_features(t: &[f32], device: &Device) -> Tensor<2> {
+    let half = 128;
+    let mut v = Vec::with_capacity(t.len() * 2 * half);
+    for &ti in t {
+        let args: Vec<f32> = (0..half).map(|k| ti * (-(10000f32.ln()) * k as f32 / half as f32).exp()).collect();
+        v.extend(args.iter().map(|a| a.cos()));
+        v.extend(args.iter().map(|a| a.sin()));
+    }
+    crate::tensors::matrix(v, t.len(), 2 * half, device)
+}
+
+#[derive(Module, Debug)]
+pub struct TimeEmbed {
+    pub timestep_embedder: Mlp2,
+    pub guidance_embedder: Option<Mlp2>,
+    pub linear: Linear,
+}
+
+impl TimeEmbed {
+    /// `(6·dim modulation, dim embedding)` of timesteps and guidance.
+    fn forward(&self, t: &[f32], guidance: Option<&[f32]>, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let mlp = |m: &Mlp2, x: Tensor<2>| m.linear_2.forward(silu(m.linear_1.forward(x)));
+        let mut cond = mlp(&self.timestep_embedder, timestep_features(t, device));
+        if let (Some(g), Some(emb)) = (guidance, &self.guidance_embedder) {
+            cond = cond + mlp(emb, timestep_features(g, device));
+        }
+        (self.linear.forward(silu(cond.clone())), cond)
+    }
+}
+
+/// Attention projections; `to_out` is diffusers' `to_out.0`.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub norm_q: Option<RmsNorm>,
+    pub norm_k: Option<RmsNorm>,
+    pub heads: usize,
+}
+
+impl Attention {
+    fn new(dim: usize, heads: usize, head_dim: usize, bias: bool, qk_norm: bool, device: &Device) -> Self {
+        let inner = heads * head_dim;
+        let lin = |i, o, b| LinearConfig::new(i, o).with_bias(b).init(device);
+        let norm = || qk_norm.then(|| RmsNormConfig::new(inner).with_epsilon(1e-5).init(device));
+        Self {
+            to_q: lin(dim, inner, bias),
+            to_k: lin(dim, inner, bias),
+            to_v: lin(dim, inner, bias),
+            to_out: lin(inner, dim, true),
+            norm_q: norm(),
+            norm_k: norm(),
+            heads,
+        }
+    }
+
+    fn qkv(&self, x: Tensor<3>, ctx: Tensor<3>) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+        let mut q = self.to_q.forward(x);
+        let mut k = self.to_k.forward(ctx.clone());
+        let v = self.to_v.forward(ctx);
+        if let Some(n) = &self.norm_q {
+            q = n.forward(q);
+        }
+        if let Some(n) = &self.norm_k {
+            k = n.forward(k);
+        }
+        (q, k, v)
+    }
+
+    /// ReLU linear attention (SANA): `out_i = Σ_j (φq_i·φk_j) v_j / Σ_j φq_i·φk_j`, `φ = relu`,
+    /// computed as diffusers does: `(V⁺ Kᵀ) Q` with `V⁺` = V plus a row of ones (the
+    /// denominator), then the division by that row + 1e-15.
+    fn linear(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, n, _] = x.dims();
+        let (q, k, v) = self.qkv(x.clone(), x);
+        let inner = q.dims()[2];
+        let d = inner / self.heads;
+        // [b, n, inner] → [b, h, d, n]
+        let split = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, self.heads, d, n]);
+        let (q, k, v) = (relu(split(q)), relu(split(k)).swap_dims(2, 3), split(v));
+        let ones = Tensor::<4>::ones([b, self.heads, 1, n], &v.device());
+        let v = Tensor::cat(vec![v, ones], 2); // [b, h, d+1, n]
+        let h = v.matmul(k).matmul(q); // [b, h, d+1, n]
+        let num = h.clone().narrow(2, 0, d);
+        let den = h.narrow(2, d, 1).add_scalar(1e-15);
+        let out = (num / den).reshape([b, inner, n]).swap_dims(1, 2);
+        self.to_out.forward(out)
+    }
+
+    /// Softmax cross-attention of `x` to `ctx`; `bias` `[b, 1, 1, m]` is 0 for a prompt token and
+    /// −10 000 for padding (diffusers' mask bias).
+    fn cross(&self, x: Tensor<3>, ctx: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
+        let [b, n, _] = x.dims();
+        let m = ctx.dims()[1];
+        let (q, k, v) = self.qkv(x, ctx);
+        let inner = q.dims()[2];
+        let d = inner / self.heads;
+        let heads = |t: Tensor<3>, l: usize| t.reshape([b, l, self.heads, d]).swap_dims(1, 2);
+        let (q, k, v) = (heads(q, n), heads(k, m), heads(v, m));
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt()) + bias.clone();
+        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, inner]);
+        self.to_out.forward(out)
+    }
+}
+
+/// The Mix-FFN: 1×1 conv to 2×hidden, SiLU, 3×3 depth-wise conv, gated by the SiLU of its second
+/// half, 1×1 conv back.
+#[derive(Module, Debug)]
+pub struct GluMbConv {
+    pub conv_inverted: Conv2d,
+    pub conv_depth: Conv2d,
+    pub conv_point: Conv2d,
+}
+
+impl GluMbConv {
+    fn new(dim: usize, hidden: usize, device: &Device) -> Self {
+        Self {
+            conv_inverted: Conv2dConfig::new([dim, 2 * hidden], [1, 1]).init(device),
+            conv_depth: Conv2dConfig::new([2 * hidden, 2 * hidden], [3, 3])
+                .with_groups(2 * hidden)
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            conv_point: Conv2dConfig::new([hidden, dim], [1, 1]).with_bias(false).init(device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let h = self.conv_depth.forward(silu(self.conv_inverted.forward(x)));
+        let c = h.dims()[1] / 2;
+        let gated = h.clone().narrow(1, 0, c) * silu(h.narrow(1, c, c));
+        self.conv_point.forward(gated)
+    }
+}
+
+/// LayerNorm without affine parameters over the last axis.
+fn layer_norm(x: Tensor<3>, eps: f64) -> Tensor<3> {
+    let mean = x.clone().mean_dim(2);
+    let centred = x - mean;
+    let var = centred.clone().powf_scalar(2.0).mean_dim(2);
+    centred / var.add_scalar(eps).sqrt()
+}
+
+#[derive(Module, Debug)]
+pub struct Block {
+    pub attn1: Attention,
+    pub attn2: Attention,
+    pub ff: GluMbConv,
+    pub scale_shift_table: Param<Tensor<2>>,
+    pub eps: f64,
+}
+
+impl Block {
+    fn new(c: &TransformerConfig, device: &Device) -> Self {
+        let dim = c.dim();
+        Self {
+            attn1: Attention::new(dim, c.heads, c.head_dim, c.attention_bias, c.qk_norm, device),
+            attn2: Attention::new(dim, c.cross_heads, c.cross_head_dim, true, c.qk_norm, device),
+            ff: GluMbConv::new(dim, c.ff_hidden(), device),
+            scale_shift_table: Param::from_tensor(Tensor::zeros([6, dim], device)),
+            eps: c.norm_eps,
+        }
+    }
+
+    /// `x` `[b, h·w, dim]`; `modulation` `[b, 6·dim]`.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        ctx: Tensor<3>,
+        bias: &Tensor<4>,
+        modulation: &Tensor<2>,
+        hw: [usize; 2],
+    ) -> Tensor<3> {
+        let [b, n, dim] = x.dims();
+        let m = self.scale_shift_table.val().unsqueeze::<3>() + modulation.clone().reshape([b, 6, dim]);
+        let part = |i: usize| m.clone().narrow(1, i, 1); // [b, 1, dim]
+        let (shift_msa, scale_msa, gate_msa) = (part(0), part(1), part(2));
+        let (shift_mlp, scale_mlp, gate_mlp) = (part(3), part(4), part(5));
+        let y = layer_norm(x.clone(), self.eps) * scale_msa.add_scalar(1.0) + shift_msa;
+        let x = x + gate_msa * self.attn1.linear(y);
+        let x = x.clone() + self.attn2.cross(x, ctx, bias);
+        let y = layer_norm(x.clone(), self.eps) * scale_mlp.add_scalar(1.0) + shift_mlp;
+        let y = y.reshape([b, hw[0], hw[1], dim]).permute([0, 3, 1, 2]);
+        let ff = self.ff.forward(y).reshape([b, dim, n]).swap_dims(1, 2);
+        x + gate_mlp * ff
+    }
+}
+
+/// `linear_2(gelu_tanh(linear_1(x)))`.
+#[derive(Module, Debug)]
+pub struct CaptionProjection {
+    pub linear_1: Linear,
+    pub linear_2: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct PatchEmbed {
+    pub proj: Conv2d,
+}
+
+#[derive(Module, Debug)]
+pub struct SanaTransformer {
+    pub patch_embed: PatchEmbed,
+    pub time_embed: TimeEmbed,
+    pub caption_projection: CaptionProjection,
+    pub caption_norm: RmsNorm,
+    pub transformer_blocks: Vec<Block>,
+    pub scale_shift_table: Param<Tensor<2>>,
+    pub proj_out: Linear,
+    pub patch_size: usize,
+    pub out_channels: usize,
+}
+
+/// One forward's conditioning: the prompt tokens, their mask, the (TrigFlow-derived) timestep and
+/// the guidance (already multiplied by `guidance_embeds_scale`), one per sample.
+pub struct Conditioning<'a> {
+    /// `[b, L, caption_channels]`.
+    pub ctx: Tensor<3>,
+    /// `[b, L]`: 1 for a token, 0 for padding.
+    pub mask: Tensor<2>,
+    pub timestep: &'a [f32],
+    pub guidance: Option<&'a [f32]>,
+}
+
+impl SanaTransformer {
+    pub fn new(c: &TransformerConfig, device: &Device) -> Self {
+        let dim = c.dim();
+        let p = c.patch_size;
+        Self {
+            patch_embed: PatchEmbed {
+                proj: Conv2dConfig::new([c.in_channels, dim], [p, p]).with_stride([p, p]).init(device),
+            },
+            time_embed: TimeEmbed {
+                timestep_embedder: Mlp2::new(256, dim, device),
+                guidance_embedder: c.guidance_embeds.then(|| Mlp2::new(256, dim, device)),
+                linear: LinearConfig::new(dim, 6 * dim).init(device),
+            },
+            caption_projection: CaptionProjection {
+                linear_1: LinearConfig::new(c.caption_channels, dim).init(device),
+                linear_2: LinearConfig::new(dim, dim).init(device),
+            },
+            caption_norm: RmsNormConfig::new(dim).with_epsilon(1e-5).init(device),
+            transformer_blocks: (0..c.layers).map(|_| Block::new(c, device)).collect(),
+            scale_shift_table: Param::from_tensor(Tensor::zeros([2, dim], device)),
+            proj_out: LinearConfig::new(dim, p * p * c.out_channels).init(device),
+            patch_size: p,
+            out_channels: c.out_channels,
+        }
+    }
+
+    /// The model output for latents `x` `[b, C, H, W]` (diffusers' `.sample`).
+    pub fn forward(&self, x: Tensor<4>, cond: &Conditioning) -> Tensor<4> {
+        let [b, _, h, w] = x.dims();
+        let device = x.device();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let x = self.patch_embed.proj.forward(x);
+        let dim = x.dims()[1];
+        let mut x = x.reshape([b, dim, gh * gw]).swap_dims(1, 2);
+        let (modulation, embedded) = self.time_embed.forward(cond.timestep, cond.guidance, &device);
+        let c = &self.caption_projection;
+        let ctx = self.caption_norm.forward(c.linear_2.forward(gelu_approximate(c.linear_1.forward(cond.ctx.clone()))));
+        let m = cond.mask.dims()[1];
+        let bias = (cond.mask.clone().neg().add_scalar(1.0)).mul_scalar(-10000.0).reshape([b, 1, 1, m]);
+        for block in &self.transformer_blocks {
+            x = block.forward(x, ctx.clone(), &bias, &modulation, [gh, gw]);
+        }
+        let t = self.scale_shift_table.val().unsqueeze::<3>() + embedded.unsqueeze_dim::<3>(1);
+        let (shift, scale) = (t.clone().narrow(1, 0, 1), t.narrow(1, 1, 1));
+        let x = layer_norm(x, 1e-6) * scale.add_scalar(1.0) + shift;
+        let x = self.proj_out.forward(x); // [b, gh·gw, p·p·C]
+        let c_out = self.out_channels;
+        x.reshape([b, gh, gw, p, p, c_out]).permute([0, 5, 1, 3, 2, 4]).reshape([b, c_out, gh * p, gw * p])
+    }
+}
