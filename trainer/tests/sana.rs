@@ -63,3 +63,50 @@ fn transformer_matches_diffusers() {
     let g = x.grad(&(y * cot).sum().backward()).unwrap();
     close("input gradient", &to_vec(&g), &fx["grad"].1, 1e-4);
 }
+
+/// The same model from a bfloat16 file (as SANA-Sprint is published) loads into the float32
+/// port and matches diffusers run on the widened bf16 values.
+#[test]
+fn bf16_weights_load_and_match() {
+    let device = Device::default();
+    let (model, _) = sana::load_transformer(&data("transformer_bf16"), &device).unwrap();
+    let fx = fixture("transformer_io.safetensors");
+    let want = fixture("transformer_bf16_io.safetensors");
+    let t = |k: &str| fx[k].clone();
+    let (xs, xv) = t("x");
+    let x =
+        Tensor::<4>::from_data(TensorData::new(xv, [xs[0], xs[1], xs[2], xs[3]]), &device).autodiff().require_grad();
+    let (cs, cv) = t("ctx");
+    let (ms, mv) = t("mask");
+    let cond = Conditioning {
+        ctx: Tensor::from_data(TensorData::new(cv, [cs[0], cs[1], cs[2]]), &device),
+        mask: Tensor::from_data(TensorData::new(mv, [ms[0], ms[1]]), &device),
+        timestep: &t("t").1,
+        guidance: Some(&t("guidance").1),
+    };
+    let y = model.forward(x.clone(), &cond);
+    close("bf16 output", &to_vec(&y), &want["y"].1, 2e-5);
+    let (ks, kv) = t("cotangent");
+    let cot = Tensor::<4>::from_data(TensorData::new(kv, [ks[0], ks[1], ks[2], ks[3]]), &device);
+    let g = x.grad(&(y * cot).sum().backward()).unwrap();
+    close("bf16 input gradient", &to_vec(&g), &want["grad"].1, 1e-4);
+}
+
+/// The published SANA-Sprint 0.6B and 1.6B transformers' names and shapes map completely onto
+/// the port built from their configs, without their weights.
+#[test]
+fn published_manifests_map_completely() {
+    for name in ["manifest_sana_sprint_0.6b_1024px.json", "manifest_sana_sprint_1.6b_1024px.json"] {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data(name)).unwrap()).unwrap();
+        let cfg = sana::TransformerConfig::parse(&m["config"].to_string()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let model = sana::SanaTransformer::new(&cfg, &Device::default());
+        let file: Vec<(String, Vec<usize>)> = m["tensors"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+            .collect();
+        fav_trainer::weights::check_shapes(&model, &file, &sana::transformer_names())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
