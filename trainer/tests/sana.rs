@@ -110,3 +110,33 @@ fn published_manifests_map_completely() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// The whole sampler, 4 steps (evenly spaced from π/2) and 2 (π/2, 1.3, 0), from the same
+/// initial latents, prompt embeddings, guidance and per-step noise as diffusers'
+/// `SanaSprintPipeline` (output_type = "latent"), and the gradient through every step.
+#[test]
+fn sampler_matches_the_sana_sprint_pipeline() {
+    let device = Device::default();
+    let (model, cfg) = sana::load_transformer(&data("transformer"), &device).unwrap();
+    let fx = fixture("transformer_io.safetensors");
+    let io = fixture("sample_io.safetensors");
+    let t4 = |(s, v): &(Vec<usize>, Vec<f32>)| {
+        Tensor::<4>::from_data(TensorData::new(v.clone(), [s[0], s[1], s[2], s[3]]), &device)
+    };
+    let (cs, cv) = &fx["ctx"];
+    let (ms, mv) = &fx["mask"];
+    for steps in [4usize, 2] {
+        let k = |n: &str| &io[&format!("s{steps}.{n}")];
+        let latents = t4(k("latents")).autodiff().require_grad();
+        let (ns, nv) = k("noise");
+        let per = ns[1..].iter().product::<usize>();
+        let noise: Vec<Tensor<4>> = nv.chunks(per).map(|c| t4(&(ns[1..].to_vec(), c.to_vec()))).collect();
+        let ctx = Tensor::<3>::from_data(TensorData::new(cv.clone(), [cs[0], cs[1], cs[2]]), &device);
+        let mask = Tensor::<2>::from_data(TensorData::new(mv.clone(), [ms[0], ms[1]]), &device);
+        let out =
+            sana::Scm::default().sample(&model, latents.clone(), ctx, mask, 4.5, cfg.guidance_embeds_scale, &noise);
+        close(&format!("{steps}-step sample"), &to_vec(&out), &k("out").1, 2e-5);
+        let g = latents.grad(&(out * t4(k("cotangent"))).sum().backward()).unwrap();
+        close(&format!("{steps}-step gradient"), &to_vec(&g), &k("grad").1, 1e-4);
+    }
+}

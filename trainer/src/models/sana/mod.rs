@@ -5,9 +5,11 @@
 //! embeddings from a file, the t2i task.
 
 pub mod config;
+pub mod scm;
 pub mod transformer;
 
 pub use config::TransformerConfig;
+pub use scm::Scm;
 pub use transformer::{Conditioning, SanaTransformer};
 
 use crate::weights::{self, NameMap, WeightsError};
