@@ -133,8 +133,9 @@ fn sampler_matches_the_sana_sprint_pipeline() {
         let noise: Vec<Tensor<4>> = nv.chunks(per).map(|c| t4(&(ns[1..].to_vec(), c.to_vec()))).collect();
         let ctx = Tensor::<3>::from_data(TensorData::new(cv.clone(), [cs[0], cs[1], cs[2]]), &device);
         let mask = Tensor::<2>::from_data(TensorData::new(mv.clone(), [ms[0], ms[1]]), &device);
+        let prompts = sana::scm::Prompts { ctx, mask };
         let out =
-            sana::Scm::default().sample(&model, latents.clone(), ctx, mask, 4.5, cfg.guidance_embeds_scale, &noise);
+            sana::Scm::default().sample(&model, latents.clone(), &prompts, 4.5 * cfg.guidance_embeds_scale, &noise);
         close(&format!("{steps}-step sample"), &to_vec(&out), &k("out").1, 2e-5);
         let g = latents.grad(&(out * t4(k("cotangent"))).sum().backward()).unwrap();
         close(&format!("{steps}-step gradient"), &to_vec(&g), &k("grad").1, 1e-4);

@@ -8,6 +8,12 @@
 use super::transformer::{Conditioning, SanaTransformer};
 use burn::tensor::Tensor;
 
+/// Prompt embeddings `[b, L, caption_channels]` and their mask `[b, L]` (1 = token).
+pub struct Prompts {
+    pub ctx: Tensor<3>,
+    pub mask: Tensor<2>,
+}
+
 /// The sampler's settings (diffusers' defaults for SANA-Sprint).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scm {
@@ -18,6 +24,8 @@ pub struct Scm {
 }
 
 impl Default for Scm {
+    // diffusers' `max_timesteps = 1.57080`, not exactly π/2: the same times as the reference.
+    #[allow(clippy::approx_constant)]
     fn default() -> Self {
         Self { sigma_data: 0.5, max_timestep: 1.57080, intermediate_timestep: 1.3 }
     }
@@ -34,21 +42,20 @@ impl Scm {
 
     /// Latents from initial noise `latents` `[b, C, H, W]` (N(0, I), as diffusers' `latents=`) in
     /// `step_noise.len()` steps: `denoised / σ_d`, what the decoder takes. `guidance` is the
-    /// guidance scale (4.5 in the paper); the model's `guidance_embeds_scale` is applied here.
+    /// guidance scale times the model's `guidance_embeds_scale` (4.5 × 0.1 in the paper).
     pub fn sample(
         &self,
         model: &SanaTransformer,
         latents: Tensor<4>,
-        ctx: Tensor<3>,
-        mask: Tensor<2>,
+        prompt: &Prompts,
         guidance: f64,
-        guidance_embeds_scale: f64,
         step_noise: &[Tensor<4>],
     ) -> Tensor<4> {
         let b = latents.dims()[0];
         let sd = self.sigma_data;
         let ts = self.timesteps(step_noise.len());
-        let g = vec![(guidance * guidance_embeds_scale) as f32; b];
+        let g = vec![guidance as f32; b];
+        let (ctx, mask) = (&prompt.ctx, &prompt.mask);
         let mut x = latents.mul_scalar(sd);
         let mut denoised = x.clone();
         for (i, z) in step_noise.iter().enumerate() {
