@@ -141,3 +141,25 @@ fn sampler_matches_the_sana_sprint_pipeline() {
         close(&format!("{steps}-step gradient"), &to_vec(&g), &k("grad").1, 1e-4);
     }
 }
+
+/// The DC-AE decoder (interpolation upsampling with linear attention; pixel-shuffle upsampling
+/// with diffusers' quadratic branch at the deepest level) against diffusers' `AutoencoderDC.decode`,
+/// output and the latents' gradient; the encoder's tensors in the file are left out.
+#[test]
+fn dc_ae_decoder_matches_diffusers() {
+    let device = Device::default();
+    let io = fixture("dc_ae_io.safetensors");
+    for name in ["dc_ae_interpolate", "dc_ae_pixel_shuffle"] {
+        let (ae, cfg) = sana::load_decoder(&data(name), &device).unwrap();
+        assert!((cfg.scaling_factor - 0.41407).abs() < 1e-12);
+        let k = |n: &str| &io[&format!("{name}.{n}")];
+        let t4 = |(s, v): &(Vec<usize>, Vec<f32>)| {
+            Tensor::<4>::from_data(TensorData::new(v.clone(), [s[0], s[1], s[2], s[3]]), &device)
+        };
+        let z = t4(k("z")).autodiff().require_grad();
+        let img = ae.decoder.forward(z.clone());
+        close(&format!("{name} image"), &to_vec(&img), &k("image").1, 2e-5);
+        let g = z.grad(&(img * t4(k("cotangent"))).sum().backward()).unwrap();
+        close(&format!("{name} gradient"), &to_vec(&g), &k("grad").1, 1e-4);
+    }
+}

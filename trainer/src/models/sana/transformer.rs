@@ -144,7 +144,7 @@ pub struct GluMbConv {
 }
 
 impl GluMbConv {
-    fn new(dim: usize, hidden: usize, device: &Device) -> Self {
+    pub(super) fn new(dim: usize, hidden: usize, device: &Device) -> Self {
         Self {
             conv_inverted: Conv2dConfig::new([dim, 2 * hidden], [1, 1]).init(device),
             conv_depth: Conv2dConfig::new([2 * hidden, 2 * hidden], [3, 3])
@@ -155,7 +155,7 @@ impl GluMbConv {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub(super) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let h = self.conv_depth.forward(silu(self.conv_inverted.forward(x)));
         let c = h.dims()[1] / 2;
         let gated = h.clone().narrow(1, 0, c) * silu(h.narrow(1, c, c));
