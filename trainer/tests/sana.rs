@@ -163,3 +163,19 @@ fn dc_ae_decoder_matches_diffusers() {
         close(&format!("{name} gradient"), &to_vec(&g), &k("grad").1, 1e-4);
     }
 }
+
+/// The published DC-AE f32c32 decoder's names and shapes map completely (its encoder is left out).
+#[test]
+fn dc_ae_manifest_maps_completely() {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("manifest_dc_ae_f32c32_sana.json")).unwrap()).unwrap();
+    let cfg = sana::dc_ae::DecoderConfig::parse(&m["config"].to_string()).unwrap();
+    let ae = sana::dc_ae::DcAe { decoder: sana::dc_ae::DcDecoder::new(&cfg, &Device::default()) };
+    let file: Vec<(String, Vec<usize>)> = m["tensors"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(n, s)| (n.clone(), s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
+        .collect();
+    fav_trainer::weights::check_shapes(&ae, &file, &sana::dc_ae::decoder_names(&cfg)).unwrap();
+}
