@@ -169,6 +169,33 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Sample a SANA-Sprint model (a diffusers pipeline folder with transformer/ and vae/) on
+    /// prompt embeddings (scripts/sana_prompt_embeddings.py): a PNG per prompt and sample, and
+    /// images.safetensors (the decoded images in [−1, 1]).
+    Sample {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        embeddings: PathBuf,
+        /// Sampling steps (SANA-Sprint: 1–4).
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// Guidance scale (through the model's guidance embedding, one pass).
+        #[arg(long, default_value_t = 4.5)]
+        guidance: f64,
+        /// Noise from this seed (every prompt, every sample).
+        #[arg(long, default_value_t = 0, conflicts_with = "noise")]
+        seed: u64,
+        /// Samples per prompt with --seed.
+        #[arg(long, default_value_t = 1)]
+        per_prompt: usize,
+        /// Initial latents `noise` [n, C, h, w] (one per prompt, as diffusers' `latents=`) and
+        /// optionally the scheduler's `step_noise` [steps, n, C, h, w].
+        #[arg(long)]
+        noise: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the resolved configuration (defaults, file and overrides) as TOML.
     Config {
         config: Option<PathBuf>,
@@ -318,6 +345,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let job = scoring::ScoreJob { source, images, features_out: features, grad_out: grad };
             for line in scoring::score(&job).map_err(|e| anyhow::anyhow!(e))? {
                 println!("{}", serde_json::to_string(&line)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sample { model, embeddings, steps, guidance, seed, per_prompt, noise, out } => {
+            use fav_trainer::models::sana::sample;
+            let noise = match noise {
+                Some(f) => sample::NoiseSource::File(f),
+                None => sample::NoiseSource::Seed { seed, per_prompt: per_prompt.max(1) },
+            };
+            let job = sample::SampleJob { model, embeddings, steps, guidance, noise, out };
+            for f in sample::sample(&job).map_err(|e| anyhow::anyhow!(e))? {
+                println!("{}", f.display());
             }
             Ok(ExitCode::SUCCESS)
         }

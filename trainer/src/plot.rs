@@ -279,6 +279,17 @@ fn line(img: &mut RgbImage, a: (i64, i64), b: (i64, i64), c: Rgb<u8>) {
     }
 }
 
+/// One RGB image (`[3, h, w]` values in [−1, 1]) as a PNG, quantised as diffusers' image
+/// processor does (`round(clamp(x/2 + 0.5, 0, 1) · 255)`).
+pub fn write_rgb_png(path: &Path, chw: &[f32], h: usize, w: usize) -> Result<(), String> {
+    let q = |v: f32| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
+    let img = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        Rgb([q(chw[i]), q(chw[h * w + i]), q(chw[2 * h * w + i])])
+    });
+    img.save(path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// A grid of RGB images (`[C, H, W]` values in [−1, 1], `side × side` each, `n` of them in
 /// `pixels`), `cols` per row, each pixel drawn `zoom × zoom`, with a 2-pixel white gutter.
 pub fn image_grid(pixels: &[f32], side: usize, cols: usize, zoom: u32, path: &Path) -> Result<(), String> {

@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod dc_ae;
+pub mod prompts;
+pub mod sample;
 pub mod scm;
 pub mod transformer;
 
