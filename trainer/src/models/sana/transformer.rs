@@ -161,6 +161,42 @@ impl GluMbConv {
         let gated = h.clone().narrow(1, 0, c) * silu(h.narrow(1, c, c));
         self.conv_point.forward(gated)
     }
+
+    /// The same on tokens `[b, h·w, dim]` (the transformer's layout), channels last: the 1×1
+    /// convolutions as matmuls and the depth-wise 3×3 one as nine shifted products — the same
+    /// sums as [`GluMbConv::forward`] without moving the tokens to NCHW and back.
+    fn forward_tokens(&self, x: Tensor<3>, hw: [usize; 2]) -> Tensor<3> {
+        let [b, n, dim] = x.dims();
+        let [h, w] = hw;
+        let w_in = self.conv_inverted.weight.val();
+        let c2 = w_in.dims()[0];
+        let mut y = x.reshape([b * n, dim]).matmul(w_in.reshape([c2, dim]).transpose());
+        if let Some(bias) = &self.conv_inverted.bias {
+            y = y + bias.val().unsqueeze::<2>();
+        }
+        let y = silu(y).reshape([b, h, w, c2]);
+        // Zero padding of one pixel on each side of the spatial axes.
+        let device = y.device();
+        let zr = Tensor::<4>::zeros([b, 1, w, c2], &device);
+        let y = Tensor::cat(vec![zr.clone(), y, zr], 1);
+        let zc = Tensor::<4>::zeros([b, h + 2, 1, c2], &device);
+        let y = Tensor::cat(vec![zc.clone(), y, zc], 2);
+        let taps = self.conv_depth.weight.val().reshape([c2, 9]).transpose(); // [9, c2]
+        let mut d = Tensor::<4>::zeros([b, h, w, c2], &device);
+        for t in 0..9 {
+            let (dy, dx) = (t / 3, t % 3);
+            let k = taps.clone().narrow(0, t, 1).reshape([1, 1, 1, c2]);
+            d = d + y.clone().slice([0..b, dy..dy + h, dx..dx + w, 0..c2]) * k;
+        }
+        if let Some(bias) = &self.conv_depth.bias {
+            d = d + bias.val().reshape([1, 1, 1, c2]);
+        }
+        let c = c2 / 2;
+        let gated = d.clone().narrow(3, 0, c) * silu(d.narrow(3, c, c));
+        let w_pt = self.conv_point.weight.val();
+        let out = gated.reshape([b * n, c]).matmul(w_pt.reshape([dim, c]).transpose());
+        out.reshape([b, n, dim])
+    }
 }
 
 /// LayerNorm without affine parameters over the last axis.
@@ -201,7 +237,7 @@ impl Block {
         modulation: &Tensor<2>,
         hw: [usize; 2],
     ) -> Tensor<3> {
-        let [b, n, dim] = x.dims();
+        let [b, _, dim] = x.dims();
         let m = self.scale_shift_table.val().unsqueeze::<3>() + modulation.clone().reshape([b, 6, dim]);
         let part = |i: usize| m.clone().narrow(1, i, 1); // [b, 1, dim]
         let (shift_msa, scale_msa, gate_msa) = (part(0), part(1), part(2));
@@ -210,9 +246,7 @@ impl Block {
         let x = x + gate_msa * self.attn1.linear(y);
         let x = x.clone() + self.attn2.cross(x, ctx, bias);
         let y = layer_norm(x.clone(), self.eps) * scale_mlp.add_scalar(1.0) + shift_mlp;
-        let y = y.reshape([b, hw[0], hw[1], dim]).permute([0, 3, 1, 2]);
-        let ff = self.ff.forward(y).reshape([b, dim, n]).swap_dims(1, 2);
-        x + gate_mlp * ff
+        x + gate_mlp * self.ff.forward_tokens(y, hw)
     }
 }
 
