@@ -266,6 +266,11 @@ pub fn peft_tensors<M: Module>(module: &M) -> Vec<NamedTensor> {
 
 /// Named f32 tensors as safetensors bytes, with `format = pt` metadata as PEFT writes it.
 pub fn tensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>, String> {
+    tensors_bytes_with(tensors, &[])
+}
+
+/// [`tensors_bytes`] with more metadata entries.
+pub fn tensors_bytes_with(tensors: &[NamedTensor], metadata: &[(&str, String)]) -> Result<Vec<u8>, String> {
     use safetensors::tensor::{Dtype, TensorView};
     let bytes: Vec<Vec<u8>> =
         tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
@@ -275,7 +280,8 @@ pub fn tensors_bytes(tensors: &[NamedTensor]) -> Result<Vec<u8>, String> {
         .map(|((name, shape, _), b)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| e.to_string())?;
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    meta.extend(metadata.iter().map(|(k, v)| (k.to_string(), v.clone())));
     safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
 }
 

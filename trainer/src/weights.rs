@@ -45,6 +45,9 @@ pub struct NameMap {
     /// The file stores linear weights as PyTorch does (`[out, in]`; norms as `weight`/`bias`):
     /// transpose and rename them into burn's layout.
     pytorch_layout: bool,
+    /// The file holds only some of the module's tensors (adapters onto a loaded base): module
+    /// tensors it lacks keep their values; every file tensor must still fit.
+    partial: bool,
 }
 
 impl NameMap {
@@ -76,6 +79,12 @@ impl NameMap {
     /// Drop the leading size-1 axes of file tensors matching `pattern`.
     pub fn squeeze(mut self, pattern: impl Into<String>) -> Self {
         self.squeeze.push(pattern.into());
+        self
+    }
+
+    /// The file holds only some of the module's tensors (adapters for a loaded base).
+    pub fn partial(mut self) -> Self {
+        self.partial = true;
         self
     }
 
@@ -292,7 +301,10 @@ fn apply<M: Module>(mut module: M, tensors: Vec<burn::store::burn_pack::Tensor>,
     }
     let tensors = named.into_iter().map(|(n, d)| burn::store::bridge::from_data(d, rules.rename(&n), None)).collect();
     let adapter: Option<Box<dyn ModuleAdapter>> = map.pytorch_layout.then(|| Box::new(PyTorchToBurnAdapter) as _);
-    let res = module.apply(tensors, None, adapter, false);
+    let mut res = module.apply(tensors, None, adapter, false);
+    if map.partial {
+        res.missing.clear();
+    }
     refuse_misfits(&res)?;
     refuse_non_finite(&module)?;
     Ok(module)

@@ -8,6 +8,7 @@
 //! attention's division and the softmax). A wrong modulation chunk, mask, norm or transposed
 //! weight is off by 1e-2 or more.
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use fav_trainer::models::sana::{self, Conditioning};
 use fav_trainer::tensors::to_vec;
@@ -18,7 +19,7 @@ fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sana").join(name)
 }
 
-fn fixture(name: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+fn fixture(name: &str) -> Fixture {
     let bytes = std::fs::read(data(name)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
@@ -38,30 +39,39 @@ fn close(what: &str, a: &[f32], b: &[f32], rel: f32) {
     assert!(err <= rel * scale, "{what}: max error {err:e} > {rel:e} × {scale:e}");
 }
 
+type Fixture = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+fn t4((s, v): &(Vec<usize>, Vec<f32>), device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(v.clone(), [s[0], s[1], s[2], s[3]]), device)
+}
+
+/// The transformer fixture's conditioning: prompt tokens, mask, timesteps, guidance.
+fn conditioning<'a>(fx: &'a Fixture, device: &Device) -> Conditioning<'a> {
+    let ((cs, cv), (ms, mv)) = (&fx["ctx"], &fx["mask"]);
+    Conditioning {
+        ctx: Tensor::from_data(TensorData::new(cv.clone(), [cs[0], cs[1], cs[2]]), device),
+        mask: Tensor::from_data(TensorData::new(mv.clone(), [ms[0], ms[1]]), device),
+        timestep: &fx["t"].1,
+        guidance: Some(&fx["guidance"].1),
+    }
+}
+
+/// The transformer's output and input gradient (fixture cotangent) against `want`.
+fn check_forward(model: &sana::SanaTransformer, fx: &Fixture, want: &Fixture, what: &str, device: &Device) {
+    let x = t4(&fx["x"], device).autodiff().require_grad();
+    let y = model.forward(x.clone(), &conditioning(fx, device));
+    close(&format!("{what} output"), &to_vec(&y), &want["y"].1, 2e-5);
+    let g = x.grad(&(y * t4(&fx["cotangent"], device)).sum().backward()).unwrap();
+    close(&format!("{what} input gradient"), &to_vec(&g), &want["grad"].1, 1e-4);
+}
+
 #[test]
 fn transformer_matches_diffusers() {
     let device = Device::default();
     let (model, cfg) = sana::load_transformer(&data("transformer"), &device).unwrap();
     assert!(cfg.guidance_embeds && cfg.qk_norm);
     let fx = fixture("transformer_io.safetensors");
-    let t = |k: &str| fx[k].clone();
-    let (xs, xv) = t("x");
-    let x =
-        Tensor::<4>::from_data(TensorData::new(xv, [xs[0], xs[1], xs[2], xs[3]]), &device).autodiff().require_grad();
-    let (cs, cv) = t("ctx");
-    let (ms, mv) = t("mask");
-    let cond = Conditioning {
-        ctx: Tensor::from_data(TensorData::new(cv, [cs[0], cs[1], cs[2]]), &device),
-        mask: Tensor::from_data(TensorData::new(mv, [ms[0], ms[1]]), &device),
-        timestep: &t("t").1,
-        guidance: Some(&t("guidance").1),
-    };
-    let y = model.forward(x.clone(), &cond);
-    close("output", &to_vec(&y), &fx["y"].1, 2e-5);
-    let (ks, kv) = t("cotangent");
-    let cot = Tensor::<4>::from_data(TensorData::new(kv, [ks[0], ks[1], ks[2], ks[3]]), &device);
-    let g = x.grad(&(y * cot).sum().backward()).unwrap();
-    close("input gradient", &to_vec(&g), &fx["grad"].1, 1e-4);
+    check_forward(&model, &fx, &fx, "fp32", &device);
 }
 
 /// The same model from a bfloat16 file (as SANA-Sprint is published) loads into the float32
@@ -71,25 +81,7 @@ fn bf16_weights_load_and_match() {
     let device = Device::default();
     let (model, _) = sana::load_transformer(&data("transformer_bf16"), &device).unwrap();
     let fx = fixture("transformer_io.safetensors");
-    let want = fixture("transformer_bf16_io.safetensors");
-    let t = |k: &str| fx[k].clone();
-    let (xs, xv) = t("x");
-    let x =
-        Tensor::<4>::from_data(TensorData::new(xv, [xs[0], xs[1], xs[2], xs[3]]), &device).autodiff().require_grad();
-    let (cs, cv) = t("ctx");
-    let (ms, mv) = t("mask");
-    let cond = Conditioning {
-        ctx: Tensor::from_data(TensorData::new(cv, [cs[0], cs[1], cs[2]]), &device),
-        mask: Tensor::from_data(TensorData::new(mv, [ms[0], ms[1]]), &device),
-        timestep: &t("t").1,
-        guidance: Some(&t("guidance").1),
-    };
-    let y = model.forward(x.clone(), &cond);
-    close("bf16 output", &to_vec(&y), &want["y"].1, 2e-5);
-    let (ks, kv) = t("cotangent");
-    let cot = Tensor::<4>::from_data(TensorData::new(kv, [ks[0], ks[1], ks[2], ks[3]]), &device);
-    let g = x.grad(&(y * cot).sum().backward()).unwrap();
-    close("bf16 input gradient", &to_vec(&g), &want["grad"].1, 1e-4);
+    check_forward(&model, &fx, &fixture("transformer_bf16_io.safetensors"), "bf16", &device);
 }
 
 /// The published SANA-Sprint 0.6B and 1.6B transformers' names and shapes map completely onto
@@ -178,4 +170,45 @@ fn dc_ae_manifest_maps_completely() {
         .map(|(n, s)| (n.clone(), s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
         .collect();
     fav_trainer::weights::check_shapes(&ae, &file, &sana::dc_ae::decoder_names(&cfg)).unwrap();
+}
+
+/// SANA-Sprint's LoRA in diffusers' own file layout: adapters on to_q/k/v/out of every attention
+/// start at the base; a LoRA file diffusers wrote (`save_lora_weights`, rank 2, α 4, random
+/// factors) loads into them and the output equals diffusers' with that file loaded
+/// (`load_lora_weights`); written back, it has diffusers' names, shapes, values and rank/α.
+#[test]
+fn lora_in_diffusers_layout_round_trips() {
+    use fav_trainer::lora::{self, LoraConfig, LoraInit};
+    let device = Device::default();
+    let (base, _) = sana::load_transformer(&data("transformer"), &device).unwrap();
+    let targets = sana::lora::attention_targets(&base);
+    assert_eq!(targets.0.len(), 2 * 2 * 4, "{:?}", targets.0);
+    let cfg = LoraConfig { rank: 2, alpha: 4.0, init: LoraInit::Gaussian };
+    let ad = device.clone().autodiff();
+    let adapted = lora::adapt(base.clone().to_device(&ad), cfg, &targets, 3, &device);
+    let fx = fixture("transformer_io.safetensors");
+    let run = |m: &sana::SanaTransformer| to_vec(&m.forward(t4(&fx["x"], &device), &conditioning(&fx, &device)));
+    assert_eq!(run(&adapted), run(&base), "adapters start at the base");
+    let loaded = sana::lora::load_diffusers_lora(adapted, &data("lora/pytorch_lora_weights.safetensors")).unwrap();
+    close("output with diffusers' LoRA", &run(&loaded), &fixture("lora_io.safetensors")["y"].1, 2e-5);
+    let ours = sana::lora::diffusers_lora_bytes(&loaded, &cfg).unwrap();
+    let theirs = std::fs::read(data("lora/pytorch_lora_weights.safetensors")).unwrap();
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&ours).unwrap(),
+        safetensors::SafeTensors::deserialize(&theirs).unwrap(),
+    );
+    let mut names_a: Vec<String> = a.names().into_iter().map(String::from).collect();
+    let mut names_b: Vec<String> = b.names().into_iter().map(String::from).collect();
+    names_a.sort();
+    names_b.sort();
+    assert_eq!(names_a, names_b);
+    for n in &names_b {
+        let (x, y) = (a.tensor(n).unwrap(), b.tensor(n).unwrap());
+        assert_eq!(x.shape(), y.shape(), "{n}");
+        assert_eq!(x.data(), y.data(), "{n}: values round trip exactly");
+    }
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&ours).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["lora_adapter_metadata"]).unwrap();
+    assert_eq!((m["transformer.r"].as_u64(), m["transformer.lora_alpha"].as_f64()), (Some(2), Some(4.0)));
 }

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod dc_ae;
+pub mod lora;
 pub mod prompts;
 pub mod sample;
 pub mod scm;
