@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+mod common;
+
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/clip").join(name)
 }
@@ -126,15 +128,9 @@ fn tokenizer_matches_open_clip() {
 /// A full-size published checkpoint's names and shapes (from its manifest) map completely onto
 /// the towers built from its own config, without loading (or allocating) its weights.
 fn check_manifest(name: &str, towers: Towers) {
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data(name)).unwrap()).unwrap();
-    let cfg = clip::ClipConfig::parse(&m["config"].to_string()).unwrap();
+    let (config, file) = common::manifest(&data(name));
+    let cfg = clip::ClipConfig::parse(&config).unwrap();
     let model = clip::ClipModel::new(&cfg, towers, &Device::default());
-    let file: Vec<(String, Vec<usize>)> = m["tensors"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(n, s)| (n.clone(), s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
-        .collect();
     let map = clip::layouts::name_map(cfg.layout, towers);
     fav_trainer::weights::check_shapes(&model, &file, &map).unwrap_or_else(|e| panic!("{name}: {e}"));
     // And the check has teeth: one tensor the wrong shape is refused, naming it.

@@ -15,6 +15,8 @@ use fav_trainer::tensors::to_vec;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sana").join(name)
 }
@@ -89,15 +91,9 @@ fn bf16_weights_load_and_match() {
 #[test]
 fn published_manifests_map_completely() {
     for name in ["manifest_sana_sprint_0.6b_1024px.json", "manifest_sana_sprint_1.6b_1024px.json"] {
-        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data(name)).unwrap()).unwrap();
-        let cfg = sana::TransformerConfig::parse(&m["config"].to_string()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (config, file) = common::manifest(&data(name));
+        let cfg = sana::TransformerConfig::parse(&config).unwrap_or_else(|e| panic!("{name}: {e}"));
         let model = sana::SanaTransformer::new(&cfg, &Device::default());
-        let file: Vec<(String, Vec<usize>)> = m["tensors"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(n, s)| (n.clone(), s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
-            .collect();
         fav_trainer::weights::check_shapes(&model, &file, &sana::transformer_names())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
@@ -159,16 +155,9 @@ fn dc_ae_decoder_matches_diffusers() {
 /// The published DC-AE f32c32 decoder's names and shapes map completely (its encoder is left out).
 #[test]
 fn dc_ae_manifest_maps_completely() {
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data("manifest_dc_ae_f32c32_sana.json")).unwrap()).unwrap();
-    let cfg = sana::dc_ae::DecoderConfig::parse(&m["config"].to_string()).unwrap();
+    let (config, file) = common::manifest(&data("manifest_dc_ae_f32c32_sana.json"));
+    let cfg = sana::dc_ae::DecoderConfig::parse(&config).unwrap();
     let ae = sana::dc_ae::DcAe { decoder: sana::dc_ae::DcDecoder::new(&cfg, &Device::default()) };
-    let file: Vec<(String, Vec<usize>)> = m["tensors"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(n, s)| (n.clone(), s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect()))
-        .collect();
     fav_trainer::weights::check_shapes(&ae, &file, &sana::dc_ae::decoder_names(&cfg)).unwrap();
 }
 
