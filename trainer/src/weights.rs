@@ -212,7 +212,8 @@ fn f32s(name: &str, data: TensorData) -> Result<Vec<f32>, String> {
     data.convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("tensor {name}: {e:?}"))
 }
 
-fn read_err(path: &Path, reason: impl ToString) -> WeightsError {
+/// A read error naming the file.
+pub fn read_err(path: &Path, reason: impl ToString) -> WeightsError {
     WeightsError::Read { path: path.to_path_buf(), reason: reason.to_string() }
 }
 

@@ -108,24 +108,18 @@ fn sampler_matches_the_sana_sprint_pipeline() {
     let (model, cfg) = sana::load_transformer(&data("transformer"), &device).unwrap();
     let fx = fixture("transformer_io.safetensors");
     let io = fixture("sample_io.safetensors");
-    let t4 = |(s, v): &(Vec<usize>, Vec<f32>)| {
-        Tensor::<4>::from_data(TensorData::new(v.clone(), [s[0], s[1], s[2], s[3]]), &device)
-    };
-    let (cs, cv) = &fx["ctx"];
-    let (ms, mv) = &fx["mask"];
     for steps in [4usize, 2] {
         let k = |n: &str| &io[&format!("s{steps}.{n}")];
-        let latents = t4(k("latents")).autodiff().require_grad();
+        let latents = t4(k("latents"), &device).autodiff().require_grad();
         let (ns, nv) = k("noise");
         let per = ns[1..].iter().product::<usize>();
-        let noise: Vec<Tensor<4>> = nv.chunks(per).map(|c| t4(&(ns[1..].to_vec(), c.to_vec()))).collect();
-        let ctx = Tensor::<3>::from_data(TensorData::new(cv.clone(), [cs[0], cs[1], cs[2]]), &device);
-        let mask = Tensor::<2>::from_data(TensorData::new(mv.clone(), [ms[0], ms[1]]), &device);
-        let prompts = sana::scm::Prompts { ctx, mask };
+        let noise: Vec<Tensor<4>> = nv.chunks(per).map(|c| t4(&(ns[1..].to_vec(), c.to_vec()), &device)).collect();
+        let cond = conditioning(&fx, &device);
+        let prompts = sana::scm::Prompts { ctx: cond.ctx, mask: cond.mask };
         let out =
             sana::Scm::default().sample(&model, latents.clone(), &prompts, 4.5 * cfg.guidance_embeds_scale, &noise);
         close(&format!("{steps}-step sample"), &to_vec(&out), &k("out").1, 2e-5);
-        let g = latents.grad(&(out * t4(k("cotangent"))).sum().backward()).unwrap();
+        let g = latents.grad(&(out * t4(k("cotangent"), &device)).sum().backward()).unwrap();
         close(&format!("{steps}-step gradient"), &to_vec(&g), &k("grad").1, 1e-4);
     }
 }
@@ -141,13 +135,10 @@ fn dc_ae_decoder_matches_diffusers() {
         let (ae, cfg) = sana::load_decoder(&data(name), &device).unwrap();
         assert!((cfg.scaling_factor - 0.41407).abs() < 1e-12);
         let k = |n: &str| &io[&format!("{name}.{n}")];
-        let t4 = |(s, v): &(Vec<usize>, Vec<f32>)| {
-            Tensor::<4>::from_data(TensorData::new(v.clone(), [s[0], s[1], s[2], s[3]]), &device)
-        };
-        let z = t4(k("z")).autodiff().require_grad();
+        let z = t4(k("z"), &device).autodiff().require_grad();
         let img = ae.decoder.forward(z.clone());
         close(&format!("{name} image"), &to_vec(&img), &k("image").1, 2e-5);
-        let g = z.grad(&(img * t4(k("cotangent"))).sum().backward()).unwrap();
+        let g = z.grad(&(img * t4(k("cotangent"), &device)).sum().backward()).unwrap();
         close(&format!("{name} gradient"), &to_vec(&g), &k("grad").1, 1e-4);
     }
 }

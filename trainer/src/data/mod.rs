@@ -14,3 +14,14 @@ pub enum Condition {
     /// A prompt, by its index in the task's prompt set.
     Prompt(usize),
 }
+
+impl Condition {
+    /// The prompt a reward that reads one uses: a prompt by its index, a class by its name's
+    /// (the image task's prompts are its class names), the first for an unconditional sample.
+    pub fn prompt_index(self) -> usize {
+        match self {
+            Condition::Prompt(i) | Condition::Class(i) => i,
+            Condition::None => 0,
+        }
+    }
+}

@@ -146,10 +146,7 @@ impl Server {
     }
 
     fn prompt(&self, cond: Condition) -> Option<String> {
-        match cond {
-            Condition::Prompt(i) | Condition::Class(i) => self.prompts.get(i).cloned(),
-            Condition::None => self.prompts.first().cloned(),
-        }
+        self.prompts.get(cond.prompt_index()).cloned()
     }
 }
 

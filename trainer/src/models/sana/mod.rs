@@ -16,7 +16,7 @@ pub use config::TransformerConfig;
 pub use scm::Scm;
 pub use transformer::{Conditioning, SanaTransformer};
 
-use crate::weights::{self, NameMap, WeightsError};
+use crate::weights::{self, read_err, NameMap, WeightsError};
 use burn::tensor::Device;
 use std::path::Path;
 
@@ -36,22 +36,20 @@ const WEIGHTS: [&str; 2] = ["diffusion_pytorch_model.safetensors", "diffusion_py
 /// itself when it is that folder).
 fn component(dir: &Path, name: &str) -> Result<(String, std::path::PathBuf), WeightsError> {
     let dir = if dir.join(name).is_dir() { dir.join(name) } else { dir.to_path_buf() };
-    let err = |path: &Path, reason: String| WeightsError::Read { path: path.to_path_buf(), reason };
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| err(&cfg_path, e.to_string()))?;
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| read_err(&cfg_path, e))?;
     let file = WEIGHTS
         .iter()
         .map(|w| dir.join(w))
         .find(|p| p.is_file())
-        .ok_or_else(|| err(&dir, format!("no weights file: expected one of {WEIGHTS:?}")))?;
+        .ok_or_else(|| read_err(&dir, format!("no weights file: expected one of {WEIGHTS:?}")))?;
     Ok((text, file))
 }
 
 /// Load the DC-AE decoder of a diffusers folder (`…/vae`, or the pipeline folder above it).
 pub fn load_decoder(dir: &Path, device: &Device) -> Result<(dc_ae::DcAe, dc_ae::DecoderConfig), WeightsError> {
     let (text, file) = component(dir, "vae")?;
-    let cfg = dc_ae::DecoderConfig::parse(&text)
-        .map_err(|e| WeightsError::Read { path: file.with_file_name("config.json"), reason: e })?;
+    let cfg = dc_ae::DecoderConfig::parse(&text).map_err(|e| read_err(&file.with_file_name("config.json"), e))?;
     let ae = dc_ae::DcAe { decoder: dc_ae::DcDecoder::new(&cfg, device) };
     Ok((weights::load_mapped(ae, &file, &dc_ae::decoder_names(&cfg))?, cfg))
 }
@@ -59,8 +57,7 @@ pub fn load_decoder(dir: &Path, device: &Device) -> Result<(dc_ae::DcAe, dc_ae::
 /// Load the transformer of a diffusers folder (`…/transformer`, or the pipeline folder above it).
 pub fn load_transformer(dir: &Path, device: &Device) -> Result<(SanaTransformer, TransformerConfig), WeightsError> {
     let (text, file) = component(dir, "transformer")?;
-    let cfg = TransformerConfig::parse(&text)
-        .map_err(|e| WeightsError::Read { path: file.with_file_name("config.json"), reason: e })?;
+    let cfg = TransformerConfig::parse(&text).map_err(|e| read_err(&file.with_file_name("config.json"), e))?;
     let model = weights::load_mapped(SanaTransformer::new(&cfg, device), &file, &transformer_names())?;
     Ok((model, cfg))
 }

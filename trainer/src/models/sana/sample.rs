@@ -12,7 +12,7 @@ use super::{load_decoder, load_transformer};
 use crate::noise::{self, Stream};
 use crate::tensors::to_vec;
 use burn::tensor::{Device, Tensor, TensorData};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub enum NoiseSource {
     Seed { seed: u64, per_prompt: usize },
@@ -111,9 +111,4 @@ pub fn sample(job: &SampleJob) -> Result<Vec<PathBuf>, String> {
     crate::weights::write_atomic(&file, &bytes).map_err(|e| format!("{}: {e}", file.display()))?;
     written.push(file);
     Ok(written)
-}
-
-/// Whether `dir` looks like a diffusers SANA pipeline folder.
-pub fn is_pipeline(dir: &Path) -> bool {
-    dir.join("transformer").is_dir() && dir.join("vae").is_dir()
 }

@@ -22,7 +22,7 @@ pub use layouts::Towers;
 pub use preprocess::Preprocess;
 pub use tower::{TextTower, VisionTower};
 
-use crate::weights::{self, WeightsError};
+use crate::weights::{self, read_err, WeightsError};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
@@ -63,13 +63,9 @@ pub struct Loaded {
     pub weights: PathBuf,
 }
 
-fn config_err(path: &Path, reason: impl ToString) -> WeightsError {
-    WeightsError::Read { path: path.to_path_buf(), reason: reason.to_string() }
-}
-
 fn read_json(path: &Path) -> Result<serde_json::Value, WeightsError> {
-    let text = std::fs::read_to_string(path).map_err(|e| config_err(path, e))?;
-    serde_json::from_str(&text).map_err(|e| config_err(path, format!("not JSON: {e}")))
+    let text = std::fs::read_to_string(path).map_err(|e| read_err(path, e))?;
+    serde_json::from_str(&text).map_err(|e| read_err(path, format!("not JSON: {e}")))
 }
 
 /// Where a model's config, weights and preprocessing config are.
@@ -89,15 +85,15 @@ fn locate(model: &Path, model_config: Option<&Path>) -> Result<Files, WeightsErr
         let config = match model_config {
             Some(c) => c.to_path_buf(),
             None => first(&CONFIGS)
-                .ok_or_else(|| config_err(model, format!("no model config: expected one of {CONFIGS:?}")))?,
+                .ok_or_else(|| read_err(model, format!("no model config: expected one of {CONFIGS:?}")))?,
         };
-        let weights = first(&WEIGHTS)
-            .ok_or_else(|| config_err(model, format!("no weights file: expected one of {WEIGHTS:?}")))?;
+        let weights =
+            first(&WEIGHTS).ok_or_else(|| read_err(model, format!("no weights file: expected one of {WEIGHTS:?}")))?;
         let preprocessor = Some(model.join("preprocessor_config.json")).filter(|p| p.is_file());
         Ok(Files { config, weights, preprocessor })
     } else if model.is_file() {
         let config = model_config.ok_or_else(|| {
-            config_err(
+            read_err(
                 model,
                 "a single checkpoint file carries no architecture: give its model config too \
                                (open_clip's model JSON, e.g. ViT-H-14.json, or a transformers config.json)",
@@ -105,7 +101,7 @@ fn locate(model: &Path, model_config: Option<&Path>) -> Result<Files, WeightsErr
         })?;
         Ok(Files { config: config.to_path_buf(), weights: model.to_path_buf(), preprocessor: None })
     } else {
-        Err(config_err(model, "no such file or directory"))
+        Err(read_err(model, "no such file or directory"))
     }
 }
 
@@ -120,7 +116,7 @@ fn normalisation(files: &Files) -> Result<([f64; 3], [f64; 3]), WeightsError> {
                     v.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
                 match xs[..] {
                     [a, b, c] if xs.iter().all(|x| x.is_finite()) => Ok(Some([a, b, c])),
-                    _ => Err(config_err(path, format!("{key} = {v} is not three numbers"))),
+                    _ => Err(read_err(path, format!("{key} = {v} is not three numbers"))),
                 }
             }
         }
@@ -136,19 +132,19 @@ fn normalisation(files: &Files) -> Result<([f64; 3], [f64; 3]), WeightsError> {
     let mean = triple(doc.get(mean_key), &path, mean_key)?.unwrap_or(preprocess::CLIP_MEAN);
     let std = triple(doc.get(std_key), &path, std_key)?.unwrap_or(preprocess::CLIP_STD);
     if std.iter().any(|s| *s <= 0.0) {
-        return Err(config_err(&path, format!("{std_key} {std:?} must be positive")));
+        return Err(read_err(&path, format!("{std_key} {std:?} must be positive")));
     }
     Ok((mean, std))
 }
 
 fn parse_config(files: &Files, towers: Towers) -> Result<ClipConfig, WeightsError> {
-    let text = std::fs::read_to_string(&files.config).map_err(|e| config_err(&files.config, e))?;
-    let config = ClipConfig::parse(&text).map_err(|e| config_err(&files.config, e))?;
+    let text = std::fs::read_to_string(&files.config).map_err(|e| read_err(&files.config, e))?;
+    let config = ClipConfig::parse(&text).map_err(|e| read_err(&files.config, e))?;
     for (wanted, has, what) in
         [(towers.vision, config.vision.is_some(), "image tower"), (towers.text, config.text.is_some(), "text tower")]
     {
         if wanted && !has {
-            return Err(config_err(&files.config, format!("this model has no {what}, which the reward needs")));
+            return Err(read_err(&files.config, format!("this model has no {what}, which the reward needs")));
         }
     }
     Ok(config)

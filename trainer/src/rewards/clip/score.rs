@@ -18,7 +18,7 @@ use super::tokenizer::Tokenizer;
 use super::{load, normalize, ClipConfig, ClipModel, Preprocess, Towers, VisionTower};
 use crate::data::Condition;
 use crate::rewards::{autodiff_grad, FeatureMap, ImageReward, Reward};
-use crate::weights::{self, NameMap, WeightsError};
+use crate::weights::{self, read_err, NameMap, WeightsError};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
@@ -116,10 +116,7 @@ pub struct Similarity {
 
 impl Similarity {
     fn row(&self, cond: Condition) -> Tensor<2> {
-        let i = match cond {
-            Condition::Prompt(i) | Condition::Class(i) => i,
-            Condition::None => 0,
-        };
+        let i = cond.prompt_index();
         let [p, d] = self.text.dims();
         assert!(i < p, "condition {cond:?} has no prompt: {p} prompt(s) were given");
         self.text.clone().narrow(0, i, 1).reshape([d, 1])
@@ -147,7 +144,7 @@ impl Head {
     /// Load a head file (`weight`/`bias`, or `layers.N.weight`/`bias` with N as saved), its
     /// sizes read from the file.
     pub fn load(path: &Path, device: &Device) -> Result<Self, WeightsError> {
-        let bad = |reason: String| WeightsError::Read { path: path.to_path_buf(), reason };
+        let bad = |reason: String| read_err(path, reason);
         let shapes = weights::read_shapes(path)?;
         let mut layers: Vec<(usize, Vec<usize>)> = Vec::new();
         let mut map = NameMap::default().pytorch_layout();
@@ -274,11 +271,11 @@ pub fn describe(src: &Source) -> Result<(usize, usize, usize), WeightsError> {
 pub fn check(src: &Source) -> Result<(ClipConfig, PathBuf), WeightsError> {
     let towers = Towers { vision: true, text: src.kind.needs_text() };
     let (config, weights) = super::read_config(&src.model, src.model_config.as_deref(), towers)?;
-    let bad = |reason: &str| WeightsError::Read { path: weights.clone(), reason: reason.into() };
+    let bad = |reason: &str| read_err(&weights, reason);
     match src.kind {
         Kind::Aesthetic => match &src.head {
             Some(h) if h.is_file() => {}
-            Some(h) => return Err(WeightsError::Read { path: h.clone(), reason: "no such file".into() }),
+            Some(h) => return Err(read_err(h, "no such file")),
             None => return Err(bad("the aesthetic reward needs its head file")),
         },
         Kind::Nsfw if !config.labels.iter().any(|l| l.eq_ignore_ascii_case("nsfw")) => {
@@ -301,7 +298,7 @@ pub fn build(src: &Source, device: &Device) -> Result<ImageReward, WeightsError>
 pub fn build_parts(src: &Source, device: &Device) -> Result<(ClipFeatures, Rc<dyn Reward>, usize), WeightsError> {
     let towers = Towers { vision: true, text: src.kind.needs_text() };
     let loaded = load(&src.model, src.model_config.as_deref(), towers, device)?;
-    let model_err = |reason: String| WeightsError::Read { path: loaded.weights.clone(), reason };
+    let model_err = |reason: String| read_err(&loaded.weights, reason);
     let activation_floats = activation_floats(loaded.config.vision.as_ref().expect("an image tower"), src.image);
     let ClipModel { vision, text, classifier } = loaded.model;
     let tower = vision.expect("loaded with its image tower");
@@ -312,10 +309,10 @@ pub fn build_parts(src: &Source, device: &Device) -> Result<(ClipFeatures, Rc<dy
                 src.head.as_ref().ok_or_else(|| model_err("the aesthetic reward needs its head file".into()))?;
             let head = Head::load(head_path, device)?;
             if head.input() != width {
-                return Err(WeightsError::Read {
-                    path: head_path.clone(),
-                    reason: format!("the head takes {} features, the image tower gives {width}", head.input()),
-                });
+                return Err(read_err(
+                    head_path,
+                    format!("the head takes {} features, the image tower gives {width}", head.input()),
+                ));
             }
             Rc::new(head)
         }

@@ -66,9 +66,8 @@ pub fn score(job: &ScoreJob) -> Result<Vec<Scored>, String> {
     if job.images.is_empty() {
         return Err("no images to score".into());
     }
-    let first = read_image(&job.images[0])?.1;
-    let (phi, reward, _) =
-        build_parts(&Source { image: first, ..job.source.clone() }, device).map_err(|e| e.to_string())?;
+    // Every image goes through `of_size`, so the feature map's own size is not used here.
+    let (phi, reward, _) = build_parts(&job.source, device).map_err(|e| e.to_string())?;
     let (mut out, mut feats, mut grads) = (Vec::new(), Vec::new(), Vec::new());
     for (i, path) in job.images.iter().enumerate() {
         let (chw, [h, w]) = read_image(path)?;
