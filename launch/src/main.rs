@@ -177,6 +177,10 @@ enum Command {
         model: PathBuf,
         #[arg(long)]
         embeddings: PathBuf,
+        /// A LoRA file in diffusers' layout (`fav train`'s `pytorch_lora_weights.safetensors`),
+        /// folded into the transformer.
+        #[arg(long)]
+        lora: Option<PathBuf>,
         /// Sampling steps (SANA-Sprint: 1–4).
         #[arg(long, default_value_t = 4)]
         steps: usize,
@@ -348,13 +352,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sample { model, embeddings, steps, guidance, seed, per_prompt, noise, out } => {
+        Command::Sample { model, embeddings, lora, steps, guidance, seed, per_prompt, noise, out } => {
             use fav_trainer::models::sana::sample;
             let noise = match noise {
                 Some(f) => sample::NoiseSource::File(f),
                 None => sample::NoiseSource::Seed { seed, per_prompt: per_prompt.max(1) },
             };
-            let job = sample::SampleJob { model, embeddings, steps, guidance, noise, out };
+            let job = sample::SampleJob { model, embeddings, lora, steps, guidance, noise, out };
             for f in sample::sample(&job).map_err(|e| anyhow::anyhow!(e))? {
                 println!("{}", f.display());
             }

@@ -299,3 +299,28 @@ fn image_alignment_to_published_and_served_rewards_on_2_ranks_matches_1() {
         assert_close(&runs, 1e-3);
     }
 }
+
+/// The text-to-image job (`examples/sana-sprint-tiny.toml`) under `mpirun -np 2` ends with the
+/// adapters of one process; bounds and reasons as in `launch/tests/t2i.rs`.
+#[test]
+fn t2i_alignment_on_2_ranks_matches_1() {
+    let d = tmp("t2i");
+    for (steps, bound) in [(1usize, 1e-5f32), (10, 1e-2)] {
+        let runs: Vec<_> = [1usize, 2]
+            .iter()
+            .map(|&np| {
+                let out = d.join(format!("s{steps}-np{np}"));
+                let o = mpirun(np)
+                    .arg(env!("CARGO_BIN_EXE_fav"))
+                    .args(common::t2i_args(&[&format!("steps={steps}")]))
+                    .arg("--out")
+                    .arg(&out)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "np {np}: {}", String::from_utf8_lossy(&o.stderr));
+                (np, load(&out.join("pytorch_lora_weights.safetensors")))
+            })
+            .collect();
+        assert_close(&runs, bound);
+    }
+}

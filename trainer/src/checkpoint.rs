@@ -355,6 +355,15 @@ pub fn export(
     });
     write("model_card.json", &serde_json::to_vec_pretty(&card).expect("card serialises"))?;
     let mut files = spec.files;
+    if c.task == crate::config::Task::T2i {
+        // The merged transformer is made now from the user's base folder: a checkpoint carries
+        // only the adapters, not gigabytes of base weights.
+        let t = &c.t2i;
+        let lora_file = out.join(crate::tasks::t2i::LORA_FILE);
+        let dir = crate::tasks::t2i::export_merged(std::path::Path::new(&t.model), &lora_file, out)
+            .map_err(|e| fmt_err(format!("the merged transformer (base t2i.model = {:?}): {e}", t.model)))?;
+        files.push(format!("{}/", dir.file_name().expect("a folder").to_string_lossy()));
+    }
     files.push("model_card.json".into());
     Ok(Exported { step: manifest.step, files })
 }

@@ -28,7 +28,10 @@ pub struct Config {
     pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
     pub image: ImageConfig,
-    /// The files of a published reward model, or the reward server (`image.reward` names which).
+    /// The text-to-image job (`task = "t2i"`): SANA-Sprint from a diffusers folder.
+    pub t2i: T2iConfig,
+    /// The files of a published reward model, or the reward server (`image.reward` or
+    /// `t2i.reward` names which).
     pub reward: RewardConfig,
 }
 
@@ -131,6 +134,68 @@ pub enum Task {
     Toy,
     /// Class-conditional 32×32 images (the procedural shapes dataset) with LoRA.
     Image,
+    /// Text-to-image: SANA-Sprint with LoRA, prompts from files (the `t2i` section).
+    T2i,
+}
+
+/// The text-to-image job (`task = "t2i"`, spec §6, §7.1, §11.1). `fav.batch` is K (particles per
+/// prompt and step), `fav.conditions` is C (prompts per step).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct T2iConfig {
+    /// The diffusers SANA-Sprint folder (`transformer/`, `vae/`, each `config.json` + weights).
+    pub model: String,
+    /// Prompt embeddings of the train prompts then the eval prompts, in file order
+    /// (`scripts/sana_prompt_embeddings.py`).
+    pub embeddings: String,
+    /// Training prompts, one per line.
+    pub train_prompts: String,
+    /// Evaluation prompts, one per line.
+    pub eval_prompts: String,
+    /// A published reward (`hpsv2`, `pickscore`, `aesthetic`, `clip_score`, `nsfw`; its files in
+    /// `[reward]`) or `server`.
+    pub reward: String,
+    /// sCM sampling steps (1–4).
+    pub sample_steps: usize,
+    /// Guidance scale, given to the model through its guidance embedding (one pass, no CFG).
+    pub guidance: f64,
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    /// How adapters start: `gaussian` (the reference's, §11.1) or `kaiming`.
+    pub lora_init: crate::lora::LoraInit,
+    /// AdamW weight decay (on the adapters).
+    pub weight_decay: f64,
+    /// Evaluation samples per eval prompt (fixed seeds, the same for the base and the aligned
+    /// model).
+    pub eval_batch: usize,
+    /// Samples per eval prompt in the base-vs-aligned grids.
+    pub grid: usize,
+    /// Evaluation samples generated at once.
+    pub micro_batch: usize,
+    /// Recompute activations in the backward pass instead of keeping them (memory for time).
+    pub gradient_checkpointing: bool,
+}
+
+impl Default for T2iConfig {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            embeddings: String::new(),
+            train_prompts: String::new(),
+            eval_prompts: String::new(),
+            reward: "hpsv2".into(),
+            sample_steps: 4,
+            guidance: 4.5,
+            lora_rank: 32,
+            lora_alpha: 32.0,
+            lora_init: crate::lora::LoraInit::Gaussian,
+            weight_decay: 0.01,
+            eval_batch: 4,
+            grid: 4,
+            micro_batch: 1,
+            gradient_checkpointing: true,
+        }
+    }
 }
 
 /// The image job (`task = "image"`). `fav.batch` is K (particles per class and step),
@@ -335,6 +400,7 @@ impl Default for Config {
             eval: EvalConfig::default(),
             checkpoint: CheckpointConfig::default(),
             image: ImageConfig::default(),
+            t2i: T2iConfig::default(),
             reward: RewardConfig::default(),
         }
     }
@@ -456,9 +522,42 @@ impl Config {
         if self.eval.samples < 2 {
             return Err(err("eval.samples", "must be ≥ 2"));
         }
-        if self.task == Task::Image {
-            self.validate_image()?;
+        match self.task {
+            Task::Image => self.validate_image()?,
+            Task::T2i => self.validate_t2i()?,
+            Task::Toy => {}
         }
+        Ok(())
+    }
+
+    fn validate_t2i(&self) -> Result<(), ConfigError> {
+        let t = &self.t2i;
+        for (key, v) in
+            [("t2i.model", &t.model), ("t2i.embeddings", &t.embeddings), ("t2i.train_prompts", &t.train_prompts)]
+        {
+            if v.is_empty() {
+                return Err(err(key, "must name a file or folder"));
+            }
+        }
+        if t.eval_prompts.is_empty() {
+            return Err(err("t2i.eval_prompts", "must name a file"));
+        }
+        if !(1..=4).contains(&t.sample_steps) {
+            return Err(err("t2i.sample_steps", format!("SANA-Sprint samples in 1–4 steps, got {}", t.sample_steps)));
+        }
+        if !(t.guidance.is_finite() && t.guidance >= 0.0) {
+            return Err(err("t2i.guidance", format!("must be ≥ 0, got {}", t.guidance)));
+        }
+        positive("t2i.lora_rank", t.lora_rank)?;
+        positive_f("t2i.lora_alpha", t.lora_alpha)?;
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(err("t2i.weight_decay", format!("must be ≥ 0, got {}", t.weight_decay)));
+        }
+        if t.eval_batch < 2 {
+            return Err(err("t2i.eval_batch", "must be ≥ 2 (the spread and diversity need two samples)"));
+        }
+        positive("t2i.grid", t.grid)?;
+        positive("t2i.micro_batch", t.micro_batch)?;
         Ok(())
     }
 
@@ -509,6 +608,7 @@ impl Config {
         match self.task {
             Task::Toy => &self.model.family,
             Task::Image => &self.image.family,
+            Task::T2i => "sana_sprint",
         }
     }
 

@@ -280,9 +280,18 @@ pub fn tensors_bytes_with(tensors: &[NamedTensor], metadata: &[(&str, String)]) 
         .map(|((name, shape, _), b)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| e.to_string())?;
-    let mut meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    // The metadata goes in afterwards, sorted: safetensors takes it as a HashMap, whose order
+    // (and so the file's bytes) would change from one process to the next.
+    let raw = safetensors::serialize(views, None).map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).map_err(|e| e.to_string())?;
+    let mut meta = std::collections::BTreeMap::from([("format".to_string(), "pt".to_string())]);
     meta.extend(metadata.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
+    header["__metadata__"] = serde_json::json!(meta);
+    let mut h = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    // The data stays 8-byte aligned, as safetensors pads its header.
+    h.resize(h.len().next_multiple_of(8), b' ');
+    Ok([&(h.len() as u64).to_le_bytes()[..], &h, &raw[8 + n..]].concat())
 }
 
 #[cfg(test)]

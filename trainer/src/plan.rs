@@ -63,7 +63,7 @@ impl FamilyVisitor for Probe<'_> {
         let params = g.num_params() as f64;
         let (trainable, max_rank) = match cfg.task {
             Task::Toy => (params, 0),
-            Task::Image => {
+            _ => {
                 let targets = Targets::parse(&cfg.image.lora_targets, &lora::layers(&g))
                     .map_err(|e| err("image.lora_targets", e))?;
                 let shapes = lora::layer_shapes(&g, &targets);
@@ -85,10 +85,14 @@ impl FamilyVisitor for Probe<'_> {
 
 /// The per-rank memory of `cfg` on `ranks` ranks (its names already checked).
 pub fn plan(cfg: &Config, ranks: usize) -> Result<Plan, ConfigError> {
+    if cfg.task == Task::T2i {
+        return t2i::plan(cfg, ranks);
+    }
     let f = &cfg.fav;
     let family = match cfg.task {
         Task::Toy => models::toy::with_family(&cfg.model.family, Probe { cfg }),
         Task::Image => models::image::with_family(&cfg.image.family, Probe { cfg }),
+        Task::T2i => unreachable!("planned above"),
     };
     let facts =
         family.ok_or_else(|| err(if cfg.task == Task::Toy { "model.family" } else { "image.family" }, "unknown"))??;
@@ -103,16 +107,15 @@ pub fn plan(cfg: &Config, ranks: usize) -> Result<Plan, ConfigError> {
         ));
     }
     let g = ranks.max(1) as f64;
-    let (k, c) = (f.batch as f64, f.conditions as f64);
-    let own = (k / g).ceil();
+    let k = f.batch as f64;
     let steps = match cfg.task {
         Task::Toy => cfg.model.sample_steps,
-        Task::Image => cfg.image.sample_steps,
+        _ => cfg.image.sample_steps,
     } as f64;
     // The particle space and what φ keeps for backward.
     let (d, phi_acts, reward_params, refs) = match cfg.task {
         Task::Toy => (facts.sample, 0.0, 0.0, f.ref_batch as f64),
-        Task::Image => {
+        _ => {
             let model = RewardModel::new(&Device::flex());
             let maker = rewards::image_maker(&cfg.image.reward).ok_or_else(|| err("image.reward", "unknown"))?;
             // The learned model is trained for evaluation whichever reward aligns.
@@ -139,21 +142,61 @@ pub fn plan(cfg: &Config, ranks: usize) -> Result<Plan, ConfigError> {
         // The base, and the trainable copy of it on the autodiff device.
         Task::Toy => 2.0 * facts.params,
         // The base (the reference), the adapted copy, the reward model.
-        Task::Image => 2.0 * facts.params + reward_params,
+        _ => 2.0 * facts.params + reward_params,
     };
+    let mut items =
+        vec![Item { what: "frozen models and the trainable copy", key: family_key(cfg), bytes: frozen * F32 }];
+    let per_sample = steps * facts.activations + phi_acts + facts.sample + facts.noise + d;
+    let key = if cfg.task == Task::Image { "image.lora_rank" } else { "model.family" };
+    items.extend(step_items(cfg, ranks, facts.trainable, key, per_sample, d, refs));
+    let n = cfg.eval.samples as f64;
+    match cfg.task {
+        Task::Toy => {
+            // The pool (own share and the gathered whole) and a chunk of 10 000 drawn at once.
+            let pool = f.ref_pool as f64 * d * (1.0 + 1.0 / g) + 1e4 * (facts.noise + facts.activations);
+            items.push(Item { what: "reference pool", key: "fav.ref_pool", bytes: pool * F32 });
+            // Noise, samples, target and data sets, the base's tilted pool (50 000), the MMD
+            // median's pairwise distances (≤ 2048 points, f64) and one forward of n rows.
+            let eval = n * (facts.noise + 3.0 * d + facts.activations) + 5e4 * (facts.noise + d) + 2048.0 * 2047.0;
+            items.push(Item { what: "evaluation (rank 0)", key: "eval.samples", bytes: eval * F32 });
+        }
+        _ => {
+            // Base and final pixels, best-of-N's kept set and candidates, and one class's forward.
+            let per_class = n / CLASSES.len() as f64;
+            let eval = 4.0 * n * facts.sample + per_class * (steps * facts.activations + phi_acts);
+            items.push(Item { what: "evaluation and best-of-N (rank 0)", key: "eval.samples", bytes: eval * F32 });
+        }
+    }
+    Ok(Plan { ranks, items })
+}
+
+/// What a step holds whatever the task: the trainable weights' gradients and optimiser state,
+/// the activations of the own rows of every condition (`per_sample` floats each), the gathered
+/// sets, the field's tiles, the NES perturbations.
+fn step_items(
+    cfg: &Config,
+    ranks: usize,
+    trainable: f64,
+    trainable_key: &'static str,
+    per_sample: f64,
+    d: f64,
+    refs: f64,
+) -> Vec<Item> {
+    let f = &cfg.fav;
+    let (k, c) = (f.batch as f64, f.conditions as f64);
+    let own = (k / ranks.max(1) as f64).ceil();
     let tile_rows = (f.tile_elems as f64 / k.max(refs)).clamp(1.0, own);
     let tile = tile_rows * k.max(refs) * if d <= 8.0 { d + 4.0 } else { 5.0 + f.temps_stein.len() as f64 };
     let mut items = vec![
-        Item { what: "frozen models and the trainable copy", key: family_key(cfg), bytes: frozen * F32 },
         Item {
             what: "trainable weights' gradients, optimiser state, all-reduce bucket",
-            key: if cfg.task == Task::Image { "image.lora_rank" } else { "model.family" },
-            bytes: 4.0 * facts.trainable * F32,
+            key: trainable_key,
+            bytes: 4.0 * trainable * F32,
         },
         Item {
             what: "activations kept for backward (own rows of every condition)",
             key: if c > own { "fav.conditions" } else { "fav.batch" },
-            bytes: own * c * (steps * facts.activations + phi_acts + facts.sample + facts.noise + d) * F32,
+            bytes: own * c * per_sample * F32,
         },
         Item {
             what: "gathered particles, scores and references (one condition)",
@@ -166,31 +209,93 @@ pub fn plan(cfg: &Config, ranks: usize) -> Result<Plan, ConfigError> {
         let bytes = own * 2.0 * f.nes_samples as f64 * d * F32;
         items.push(Item { what: "NES perturbations (own rows)", key: "fav.nes_samples", bytes });
     }
-    let n = cfg.eval.samples as f64;
-    match cfg.task {
-        Task::Toy => {
-            // The pool (own share and the gathered whole) and a chunk of 10 000 drawn at once.
-            let pool = f.ref_pool as f64 * d * (1.0 + 1.0 / g) + 1e4 * (facts.noise + facts.activations);
-            items.push(Item { what: "reference pool", key: "fav.ref_pool", bytes: pool * F32 });
-            // Noise, samples, target and data sets, the base's tilted pool (50 000), the MMD
-            // median's pairwise distances (≤ 2048 points, f64) and one forward of n rows.
-            let eval = n * (facts.noise + 3.0 * d + facts.activations) + 5e4 * (facts.noise + d) + 2048.0 * 2047.0;
-            items.push(Item { what: "evaluation (rank 0)", key: "eval.samples", bytes: eval * F32 });
-        }
-        Task::Image => {
-            // Base and final pixels, best-of-N's kept set and candidates, and one class's forward.
-            let per_class = n / CLASSES.len() as f64;
-            let eval = 4.0 * n * facts.sample + per_class * (steps * facts.activations + phi_acts);
-            items.push(Item { what: "evaluation and best-of-N (rank 0)", key: "eval.samples", bytes: eval * F32 });
-        }
-    }
-    Ok(Plan { ranks, items })
+    items
 }
 
 fn family_key(cfg: &Config) -> &'static str {
     match cfg.task {
         Task::Toy => "model.family",
         Task::Image => "image.family",
+        Task::T2i => "t2i.model",
+    }
+}
+
+/// The text-to-image job's memory, from the model folder's configs (no weights read: the
+/// modules are built with lazy parameters, only their shapes counted).
+mod t2i {
+    use super::*;
+    use crate::models::sana::{self, dc_ae::DcDecoder, SanaTransformer};
+    use crate::weights::param_shapes;
+
+    fn count<M: Module>(m: &M) -> f64 {
+        param_shapes(m).iter().map(|(_, _, s)| s.iter().product::<usize>() as f64).sum()
+    }
+
+    fn read(dir: &std::path::Path, name: &str) -> Result<String, ConfigError> {
+        let p = sana::component_dir(dir, name).join("config.json");
+        std::fs::read_to_string(&p).map_err(|e| err("t2i.model", format!("{}: {e}", p.display())))
+    }
+
+    pub(super) fn plan(cfg: &Config, ranks: usize) -> Result<Plan, ConfigError> {
+        let t = &cfg.t2i;
+        let dir = std::path::Path::new(&t.model);
+        let tc = sana::TransformerConfig::parse(&read(dir, "transformer")?).map_err(|e| err("t2i.model", e))?;
+        let ac = sana::dc_ae::DecoderConfig::parse(&read(dir, "vae")?).map_err(|e| err("t2i.model", e))?;
+        let dev = Device::flex();
+        let transformer = SanaTransformer::new(&tc, &dev);
+        let params = count(&transformer) + count(&DcDecoder::new(&ac, &dev));
+        let targets = sana::lora::attention_targets(&transformer);
+        let r = t.lora_rank as f64;
+        let trainable: f64 = param_shapes(&transformer)
+            .iter()
+            .filter(|(p, _, s)| s.len() == 2 && targets.0.iter().any(|l| *p == format!("{l}.weight")))
+            .map(|(_, _, s)| r * (s[0] + s[1]) as f64)
+            .sum();
+        let (prompts, n_train) = crate::tasks::t2i::prompts(cfg)?;
+        let n_eval = (prompts.len() - n_train) as f64;
+        let (latent, image) = crate::tasks::t2i::shapes(dir).map_err(|e| err("t2i.model", e))?;
+        let pixels = (3 * image[0] * image[1]) as f64;
+        let (d, phi_acts, reward_params) = match rewards::image_maker(&t.reward) {
+            Some(rewards::Maker::Published(kind)) => {
+                let src = rewards::published_source(kind, &cfg.reward, prompts, image);
+                let (d, acts, params) =
+                    rewards::clip::score::describe(&src).map_err(|e| err("reward.model", e.to_string()))?;
+                (d as f64, acts as f64, params as f64)
+            }
+            _ => (pixels, 0.0, 0.0),
+        };
+        // Per sampling step, per block, roughly 40 token×width tensors (norms, modulation, q/k/v,
+        // the linear attention's terms, the Mix-FFN's 2·2.5-wide hidden layers and gates) and the
+        // cross-attention's weights and softmax (heads × tokens × 300 prompt tokens, twice).
+        let tokens = (latent[1] * latent[2] / (tc.patch_size * tc.patch_size)) as f64;
+        let per_step = tc.layers as f64 * tokens * (40.0 * tc.dim() as f64 + 2.0 * (tc.cross_heads * 300) as f64);
+        // The decoder, once per sample: per level about 8 tensors of its width per block at its
+        // resolution (convs, norms, activations), plus the upsampling's output.
+        let levels = ac.levels.len();
+        let decoder: f64 = ac
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(l, lv)| {
+                let side = (image[0] >> l) as f64;
+                side * side * lv.width as f64 * (8.0 * lv.blocks as f64 + if l + 1 < levels { 2.0 } else { 0.0 })
+            })
+            .sum();
+        let noise = (sana::generator::MAX_STEPS * latent.iter().product::<usize>()) as f64;
+        let steps = t.sample_steps as f64;
+        let per_sample = steps * per_step + decoder + phi_acts + pixels + noise + d;
+        let mut items = vec![Item {
+            what: "frozen models and the trainable copy (transformer, decoder, reward)",
+            key: "t2i.model",
+            bytes: (2.0 * params + reward_params) * F32,
+        }];
+        items.extend(step_items(cfg, ranks, trainable, "t2i.lora_rank", per_sample, d, cfg.fav.batch as f64));
+        // One micro-batch's sample without a graph (a block's activations at a time), and the
+        // grids kept (base and final, `grid` per eval prompt).
+        let grid = 2.0 * n_eval * t.grid.min(t.eval_batch) as f64 * pixels;
+        let eval = t.micro_batch as f64 * (per_step / tc.layers as f64 + decoder / 4.0 + pixels) + grid;
+        items.push(Item { what: "evaluation and grids (rank 0)", key: "t2i.eval_batch", bytes: eval * F32 });
+        Ok(Plan { ranks, items })
     }
 }
 

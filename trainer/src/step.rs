@@ -183,6 +183,9 @@ pub struct Settings {
     /// Steps with a non-finite quantity that may be skipped (no update) before the job stops;
     /// 0: the first one stops it.
     pub nonfinite_skips: usize,
+    /// Recompute memory-bound activations in the backward pass (burn's balanced gradient
+    /// checkpointing) instead of keeping them.
+    pub checkpointing: bool,
 }
 
 impl Settings {
@@ -203,6 +206,17 @@ impl Settings {
                 crate::config::NonFinite::Stop => 0,
                 crate::config::NonFinite::Skip => f.nonfinite_skips,
             },
+            checkpointing: cfg.task == crate::config::Task::T2i && cfg.t2i.gradient_checkpointing,
+        }
+    }
+
+    /// The autodiff device the trainable module lives on (checkpointing or not).
+    pub fn autodiff(&self, device: &Device) -> Device {
+        let ad = device.clone().autodiff();
+        if self.checkpointing {
+            ad.gradient_checkpointing()
+        } else {
+            ad
         }
     }
 }
@@ -320,6 +334,16 @@ pub struct Aligner<'c, G: Generator> {
     pub skipped: usize,
 }
 
+/// The image runs' optimiser (spec §11): AdamW, betas (0.9, 0.95), ε 1e-8.
+pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
+    burn::optim::AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.95)
+        .with_epsilon(1e-8)
+        .with_weight_decay(weight_decay as f32)
+        .init()
+}
+
 impl<G: Generator> Aligner<'_, G> {
     fn gather(&self, own: &Tensor<2>) -> Result<Tensor<2>, CommError> {
         sync::gather_rows(own, self.comm, &self.device)
@@ -348,7 +372,7 @@ impl<G: Generator> Aligner<'_, G> {
 impl<G: Generator> Trainer for Aligner<'_, G> {
     /// One step over the step's conditions.
     fn step(&mut self, step: usize) -> Result<StepStats, StepError> {
-        let ad = self.device.clone().autodiff();
+        let ad = self.s.autodiff(&self.device);
         let Layout { k, c, .. } = self.layout;
         let own = self.layout.own();
         let mut t = Timings::default();

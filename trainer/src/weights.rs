@@ -361,7 +361,9 @@ pub fn check_shapes<M: Module>(module: &M, file: &[(String, Vec<usize>)], map: &
 
 /// Every float parameter's module path, the type of the module holding it, and its shape,
 /// without initialising a lazy parameter.
-fn param_shapes<M: Module>(module: &M) -> Vec<(String, String, Vec<usize>)> {
+/// `(path, type of the module holding it, dims)` of every float parameter, in module order,
+/// without initialising a lazy one (a full-size model's shapes cost nothing).
+pub fn param_shapes<M: Module>(module: &M) -> Vec<(String, String, Vec<usize>)> {
     struct Walk {
         path: Vec<(String, String)>,
         out: Vec<(String, String, Vec<usize>)>,
@@ -441,6 +443,32 @@ pub fn to_bytes<M: Module>(module: &M) -> Result<Vec<u8>, String> {
     let mut store = SafetensorsStore::from_bytes(None).clear_metadata().metadata("format", "pt");
     module.save_into(&mut store).map_err(|e| e.to_string())?;
     store.get_bytes().map_err(|e| e.to_string())
+}
+
+/// `module`'s parameters in PyTorch's layout under module-path names — the inverse of what
+/// [`NameMap::pytorch_layout`] undoes: linear weights transposed to `[out, in]`, norms' `gamma` /
+/// `beta` as `weight` / `bias` — for a file the defining library loads.
+pub fn pytorch_tensors<M: Module>(module: &M) -> Vec<crate::lora::NamedTensor> {
+    let kinds = param_shapes(module);
+    let mut out = Vec::with_capacity(kinds.len());
+    let mut i = 0;
+    crate::tensors::each_param(module, |path, dims, t| {
+        let (_, container, _) = &kinds[i];
+        i += 1;
+        let (parent, leaf) = path.rsplit_once('.').map_or(("", path), |(p, l)| (p, l));
+        let norm = matches!(container.as_str(), "Struct:LayerNorm" | "Struct:GroupNorm" | "Struct:RmsNorm");
+        let join = |l: &str| if parent.is_empty() { l.to_string() } else { format!("{parent}.{l}") };
+        let (name, shape, values) = if container == "Struct:Linear" && leaf == "weight" && dims.len() == 2 {
+            let v = crate::tensors::to_vec(&t.reshape([dims[0], dims[1]]).transpose());
+            (path.to_string(), vec![dims[1], dims[0]], v)
+        } else if norm && (leaf == "gamma" || leaf == "beta") {
+            (join(if leaf == "gamma" { "weight" } else { "bias" }), dims.to_vec(), crate::tensors::to_vec(&t))
+        } else {
+            (path.to_string(), dims.to_vec(), crate::tensors::to_vec(&t))
+        };
+        out.push((name, shape, values));
+    });
+    out
 }
 
 /// Write `bytes` to `path` atomically (temporary file, then rename), creating its folder.

@@ -116,8 +116,14 @@ fn sampler_matches_the_sana_sprint_pipeline() {
         let noise: Vec<Tensor<4>> = nv.chunks(per).map(|c| t4(&(ns[1..].to_vec(), c.to_vec()), &device)).collect();
         let cond = conditioning(&fx, &device);
         let prompts = sana::scm::Prompts { ctx: cond.ctx, mask: cond.mask };
-        let out =
-            sana::Scm::default().sample(&model, latents.clone(), &prompts, 4.5 * cfg.guidance_embeds_scale, &noise);
+        let out = sana::Scm::default().sample(
+            &model,
+            latents.clone(),
+            &prompts,
+            4.5 * cfg.guidance_embeds_scale,
+            &noise,
+            None,
+        );
         close(&format!("{steps}-step sample"), &to_vec(&out), &k("out").1, 2e-5);
         let g = latents.grad(&(out * t4(k("cotangent"), &device)).sum().backward()).unwrap();
         close(&format!("{steps}-step gradient"), &to_vec(&g), &k("grad").1, 1e-4);

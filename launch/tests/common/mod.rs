@@ -112,3 +112,26 @@ pub fn ok(o: std::process::Output) -> String {
     assert!(o.status.success(), "{err}");
     err
 }
+
+/// `fav train` arguments of the tiny text-to-image example (`examples/sana-sprint-tiny.toml`) with
+/// its repository-relative paths made absolute (tests run in `launch/`), then `extra`.
+pub fn t2i_args(extra: &[&str]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let at = |p: &str| root.join(p).display().to_string();
+    let mut a = vec!["train".to_string(), examples().join("sana-sprint-tiny.toml").display().to_string()];
+    let files = [
+        ("t2i.model", "examples/tiny-t2i/pipeline"),
+        ("t2i.embeddings", "examples/tiny-t2i/embeddings.safetensors"),
+        ("t2i.train_prompts", "examples/tiny-t2i/train.txt"),
+        ("t2i.eval_prompts", "examples/tiny-t2i/eval.txt"),
+        ("reward.model", "trainer/tests/data/clip/open_clip_tiny.pt"),
+        ("reward.model_config", "trainer/tests/data/clip/open_clip_tiny.json"),
+    ];
+    for (k, p) in files {
+        a.extend(["--set".to_string(), format!("{k}=\"{}\"", at(p))]);
+    }
+    for kv in extra {
+        a.extend(["--set".to_string(), kv.to_string()]);
+    }
+    a
+}

@@ -4,6 +4,7 @@
 //! picks the generator by name.
 
 pub mod image;
+pub mod t2i;
 pub mod toy;
 pub mod toy_eval;
 
@@ -108,6 +109,7 @@ pub fn build<'c>(cfg: &Config, device: &Device) -> Result<Box<dyn Task<'c> + 'c>
             models::image::with_family(&cfg.image.family, b)
                 .ok_or_else(|| unknown("image.family", &cfg.image.family, models::image::NAMES))
         }
+        Kind::T2i => Ok(t2i::make(cfg, device)),
     }
 }
 
@@ -128,7 +130,36 @@ pub fn check(cfg: &Config) -> Result<(), ConfigError> {
             .ok_or_else(|| unknown("image.family", &cfg.image.family, models::image::NAMES))??;
             image::check(cfg)
         }
+        Kind::T2i => t2i::check(cfg),
     }
+}
+
+/// §6.2: the conditions of `step` out of `n` — round-robin over a permutation of all of them, a
+/// new permutation each time the round restarts (`max(n / c, 1)` chunks a round), drawn from the
+/// run seed. A pure function of `(seed, step)`, so a resumed run visits the same conditions.
+pub fn chunk_of_step(seed: u64, step: usize, c: usize, n: usize) -> Vec<usize> {
+    let chunks = (n / c).max(1);
+    let (round, ci) = (step / chunks, step % chunks);
+    let mut perm: Vec<usize> = (0..n).collect();
+    rand::seq::SliceRandom::shuffle(
+        &mut perm[..],
+        &mut crate::noise::rng(seed, crate::noise::Stream::Conditions, round as u64),
+    );
+    perm[ci * c..(ci + 1) * c].to_vec()
+}
+
+/// Mean pairwise Euclidean distance between the `n` rows of `features` (row-major).
+pub(crate) fn mean_pairwise_distance(features: &[f32], n: usize) -> f64 {
+    let e = features.len() / n.max(1);
+    let (mut sum, mut pairs) = (0.0, 0usize);
+    for a in 0..n {
+        for b in a + 1..n {
+            let d2: f32 = (0..e).map(|i| (features[a * e + i] - features[b * e + i]).powi(2)).sum();
+            sum += f64::from(d2).sqrt();
+            pairs += 1;
+        }
+    }
+    sum / pairs.max(1) as f64
 }
 
 fn unknown(key: &str, name: &str, names: &[&str]) -> ConfigError {

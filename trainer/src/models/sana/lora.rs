@@ -50,3 +50,30 @@ pub fn load_diffusers_lora(adapted: SanaTransformer, path: &Path) -> Result<Sana
         .rename(r"\.lora_B\.weight$", ".weight.lora.b");
     weights::load_mapped(adapted, path, &map)
 }
+
+/// `model` with a diffusers LoRA file folded in (rank from the factors' shapes, α from the
+/// file's `lora_adapter_metadata`, else α = r as diffusers assumes): the plain merged model.
+pub fn merge_diffusers_lora(model: SanaTransformer, path: &Path) -> Result<SanaTransformer, WeightsError> {
+    let at = |e: String| weights::read_err(path, e);
+    let bytes = std::fs::read(path).map_err(|e| at(e.to_string()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| at(format!("not safetensors: {e}")))?;
+    let rank = meta
+        .tensors()
+        .iter()
+        .find(|(n, _)| n.ends_with(".lora_A.weight"))
+        .map(|(_, info)| info.shape[0])
+        .ok_or_else(|| at("no lora_A factors: not a LoRA file".into()))?;
+    let adapter: serde_json::Value = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("lora_adapter_metadata"))
+        .map(|s| serde_json::from_str(s).map_err(|e| at(format!("lora_adapter_metadata is not JSON: {e}"))))
+        .transpose()?
+        .unwrap_or_default();
+    let alpha = adapter.get("transformer.lora_alpha").and_then(serde_json::Value::as_f64).unwrap_or(rank as f64);
+    let cfg = LoraConfig { rank, alpha, init: lora::LoraInit::Gaussian };
+    let device = model.proj_out.weight.device();
+    let targets = attention_targets(&model);
+    let adapted = load_diffusers_lora(lora::adapt(model, cfg, &targets, 0, &device), path)?;
+    Ok(lora::merged(&adapted))
+}

@@ -1,5 +1,5 @@
 //! `fav sample`: a SANA-Sprint model (a diffusers pipeline folder with `transformer/` and
-//! `vae/`) on a prompt-embeddings file — one PNG per prompt and sample, and `images.safetensors`
+//! `vae/`, optionally with a LoRA file folded in) on a prompt-embeddings file — one PNG per prompt and sample, and `images.safetensors`
 //! (`images` `[n, 3, H, W]`, the decoder's output in [−1, 1], unclamped as diffusers'
 //! `vae.decode` returns it). With `--noise` (`noise` `[n, C, h, w]`, one per prompt in file
 //! order, as diffusers' `latents=` takes them; optionally `step_noise` `[steps, n, C, h, w]`, the
@@ -22,6 +22,8 @@ pub enum NoiseSource {
 pub struct SampleJob {
     pub model: PathBuf,
     pub embeddings: PathBuf,
+    /// A diffusers LoRA file (what `fav train` writes) folded into the transformer.
+    pub lora: Option<PathBuf>,
     pub steps: usize,
     pub guidance: f64,
     pub noise: NoiseSource,
@@ -88,12 +90,17 @@ pub fn sample(job: &SampleJob) -> Result<Vec<PathBuf>, String> {
     }
     let device = Device::default();
     let (model, cfg) = load_transformer(&job.model, &device).map_err(|e| e.to_string())?;
+    let model = match &job.lora {
+        Some(f) => super::lora::merge_diffusers_lora(model, f).map_err(|e| e.to_string())?,
+        None => model,
+    };
     let (ae, ae_cfg) = load_decoder(&job.model, &device).map_err(|e| e.to_string())?;
     let emb = PromptEmbeddings::read(&job.embeddings, cfg.caption_channels)?;
     let s = cfg.sample_size;
     let (latents, step_noise, which) = noise_of(job, emb.prompts.len(), [cfg.in_channels, s, s], &device)?;
     let prompts = emb.batch(&which, &device);
-    let z = Scm::default().sample(&model, latents, &prompts, job.guidance * cfg.guidance_embeds_scale, &step_noise);
+    let z =
+        Scm::default().sample(&model, latents, &prompts, job.guidance * cfg.guidance_embeds_scale, &step_noise, None);
     let images = ae.decoder.forward(z.div_scalar(ae_cfg.scaling_factor));
     let [n, _, h, w] = images.dims();
     let values = to_vec(&images);

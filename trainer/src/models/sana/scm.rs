@@ -43,6 +43,8 @@ impl Scm {
     /// Latents from initial noise `latents` `[b, C, H, W]` (N(0, I), as diffusers' `latents=`) in
     /// `step_noise.len()` steps: `denoised / σ_d`, what the decoder takes. `guidance` is the
     /// guidance scale times the model's `guidance_embeds_scale` (4.5 × 0.1 in the paper).
+    /// Differentiable through the last `grad_steps` steps only, or all with `None` (DRaFT-K: the
+    /// state entering them is detached).
     pub fn sample(
         &self,
         model: &SanaTransformer,
@@ -50,6 +52,7 @@ impl Scm {
         prompt: &Prompts,
         guidance: f64,
         step_noise: &[Tensor<4>],
+        grad_steps: Option<usize>,
     ) -> Tensor<4> {
         let b = latents.dims()[0];
         let sd = self.sigma_data;
@@ -58,7 +61,11 @@ impl Scm {
         let (ctx, mask) = (&prompt.ctx, &prompt.mask);
         let mut x = latents.mul_scalar(sd);
         let mut denoised = x.clone();
+        let detach_at = grad_steps.map(|k| step_noise.len().saturating_sub(k));
         for (i, z) in step_noise.iter().enumerate() {
+            if detach_at == Some(i) {
+                x = x.detach();
+            }
             let (s, t) = (ts[i], ts[i + 1]);
             // The model's time: TrigFlow s as a flow-matching t ∈ [0, 1], and its input scaling.
             let u = s.sin() / (s.cos() + s.sin());

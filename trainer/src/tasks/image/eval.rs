@@ -108,17 +108,7 @@ pub fn measure(pixels: &[f32], rewards: &[f32], per_class: usize, encoder: &Rewa
         let features = encoder.features(images(chunk.to_vec(), per_class, device));
         let predicted = encoder.classes.forward(features.clone()).argmax(1).to_data().convert::<i64>();
         hits += predicted.as_slice::<i64>().expect("i64").iter().filter(|&&p| p == class as i64).count();
-        let f = to_vec(&features);
-        let e = f.len() / per_class;
-        let (mut sum, mut pairs) = (0.0, 0usize);
-        for a in 0..per_class {
-            for b in a + 1..per_class {
-                let d2: f32 = (0..e).map(|i| (f[a * e + i] - f[b * e + i]).powi(2)).sum();
-                sum += f64::from(d2).sqrt();
-                pairs += 1;
-            }
-        }
-        div += sum / pairs.max(1) as f64;
+        div += crate::tasks::mean_pairwise_distance(&to_vec(&features), per_class);
     }
     ImageEval {
         reward_mean: mean,

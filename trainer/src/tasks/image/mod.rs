@@ -23,12 +23,10 @@ use crate::rewards::learned::{self, RewardModel};
 use crate::rewards::{self, ImageReward};
 use crate::step::{Aligner, Layout, Objective, Reference, Settings, StepStats, Timings, Trainer};
 use crate::{plot, weights};
-use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use bytes::Bytes;
 use eval::{ImageEval, Judge};
 use fav_comm::Collective;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -108,11 +106,7 @@ impl FamilyVisitor for TargetsOf<'_> {
 /// permutation each time the round restarts, drawn from the run seed. A pure function of
 /// `(seed, step)`, so a resumed run visits the same classes.
 pub fn classes_of_step(seed: u64, step: usize, c: usize) -> Vec<usize> {
-    let chunks = (CLASSES.len() / c).max(1);
-    let (round, ci) = (step / chunks, step % chunks);
-    let mut perm: Vec<usize> = (0..CLASSES.len()).collect();
-    perm.shuffle(&mut noise::rng(seed, Stream::Conditions, round as u64));
-    perm[ci * c..(ci + 1) * c].to_vec()
+    super::chunk_of_step(seed, step, c, CLASSES.len())
 }
 
 /// One line of `metrics.jsonl`.
@@ -283,12 +277,6 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
         let ad = self.device.clone().autodiff();
         let seed = rand::Rng::random(&mut noise::rng(cfg.seed, Stream::Init, 13));
         let net = lora::adapt(base.clone().to_device(&ad), self.lora(), &self.targets(), seed, &self.device).train();
-        let optim = AdamWConfig::new()
-            .with_beta_1(0.9)
-            .with_beta_2(0.95)
-            .with_epsilon(1e-8)
-            .with_weight_decay(i.weight_decay as f32)
-            .init();
         let objective = match i.method {
             Method::Fav => Objective::Fav,
             Method::Draft => {
@@ -304,7 +292,7 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
             features: reward.features.clone(),
             reward: reward.reward.clone(),
             schedule: Box::new(schedule),
-            optim,
+            optim: crate::step::adamw(i.weight_decay),
             s: settings,
             layout,
             device: self.device.clone(),
