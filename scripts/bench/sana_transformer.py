@@ -4,7 +4,9 @@ the same run): diffusers' SanaTransformer2DModel from a config.json (random floa
 forward and backward to the latents on a [1, C, S, S] latent with `tokens` prompt tokens, median
 seconds over runs and peak RSS, as one JSON line.
 
-    python3 scripts/bench/sana_transformer.py CONFIG.json SIZE TOKENS RUNS THREADS
+    python3 scripts/bench/sana_transformer.py CONFIG.json SIZE TOKENS RUNS THREADS [ckpt]
+
+With `ckpt`, diffusers' gradient checkpointing is on (every transformer block recomputed).
 """
 
 import json
@@ -21,6 +23,8 @@ torch.set_num_threads(threads)
 torch.manual_seed(0)
 cfg = {k: v for k, v in json.load(open(path)).items() if not k.startswith("_")}
 model = SanaTransformer2DModel(**cfg).eval()
+if len(sys.argv) > 6 and sys.argv[6] == "ckpt":
+    model.enable_gradient_checkpointing()
 for p in model.parameters():
     p.requires_grad_(False)
 c = cfg.get("in_channels", 32)

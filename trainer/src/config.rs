@@ -193,7 +193,7 @@ impl Default for T2iConfig {
             eval_batch: 4,
             grid: 4,
             micro_batch: 1,
-            gradient_checkpointing: true,
+            gradient_checkpointing: false,
         }
     }
 }

@@ -85,6 +85,8 @@ impl FamilyVisitor for Probe<'_> {
 
 /// The per-rank memory of `cfg` on `ranks` ranks (its names already checked).
 pub fn plan(cfg: &Config, ranks: usize) -> Result<Plan, ConfigError> {
+    // A layout that cannot be split is refused before anything is sized.
+    crate::step::Layout::new(cfg.fav.batch, cfg.fav.conditions, ranks.max(1), 0).map_err(|e| err("fav.batch", e))?;
     if cfg.task == Task::T2i {
         return t2i::plan(cfg, ranks);
     }
@@ -183,8 +185,10 @@ fn step_items(
     refs: f64,
 ) -> Vec<Item> {
     let f = &cfg.fav;
-    let (k, c) = (f.batch as f64, f.conditions as f64);
+    let k = f.batch as f64;
     let own = (k / ranks.max(1) as f64).ceil();
+    let micro = crate::step::Settings::new(cfg, crate::step::Objective::Fav, 1).micro_batch;
+    let live = if micro == 0 { own } else { own.min(micro as f64) };
     let tile_rows = (f.tile_elems as f64 / k.max(refs)).clamp(1.0, own);
     let tile = tile_rows * k.max(refs) * if d <= 8.0 { d + 4.0 } else { 5.0 + f.temps_stein.len() as f64 };
     let mut items = vec![
@@ -193,10 +197,12 @@ fn step_items(
             key: trainable_key,
             bytes: 4.0 * trainable * F32,
         },
+        // Backward runs condition by condition, chunk by chunk (§6.4): one chunk's graph is
+        // alive at a time; the features of the own rows of every condition are small.
         Item {
-            what: "activations kept for backward (own rows of every condition)",
-            key: if c > own { "fav.conditions" } else { "fav.batch" },
-            bytes: own * c * per_sample * F32,
+            what: "activations kept for backward (one chunk of own rows)",
+            key: if live < own { "t2i.micro_batch" } else { "fav.batch" },
+            bytes: live * per_sample * F32,
         },
         Item {
             what: "gathered particles, scores and references (one condition)",

@@ -183,6 +183,8 @@ pub struct Settings {
     /// Steps with a non-finite quantity that may be skipped (no update) before the job stops;
     /// 0: the first one stops it.
     pub nonfinite_skips: usize,
+    /// Own rows generated at once (§6.4); 0: all of them in one pass.
+    pub micro_batch: usize,
     /// Recompute memory-bound activations in the backward pass (burn's balanced gradient
     /// checkpointing) instead of keeping them.
     pub checkpointing: bool,
@@ -207,6 +209,42 @@ impl Settings {
                 crate::config::NonFinite::Skip => f.nonfinite_skips,
             },
             checkpointing: cfg.task == crate::config::Task::T2i && cfg.t2i.gradient_checkpointing,
+            micro_batch: if cfg.task == crate::config::Task::T2i { cfg.t2i.micro_batch } else { 0 },
+        }
+    }
+
+    /// `module` (already on the autodiff device) with the checkpointing strategy of
+    /// [`Settings::autodiff`]: the tensors of one operation must share it, and a parameter
+    /// carries the default until told.
+    pub fn place<M: burn::module::Module>(&self, module: M) -> M {
+        if !self.checkpointing {
+            return module;
+        }
+        struct Balanced;
+        impl burn::module::ModuleMapper for Balanced {
+            fn map_float<const D: usize>(
+                &mut self,
+                p: burn::module::Param<Tensor<D>>,
+            ) -> burn::module::Param<Tensor<D>> {
+                p.map(|t| {
+                    if t.is_autodiff() {
+                        t.with_gradient_checkpointing_strategy(burn::tensor::GradientCheckpointingStrategy::Balanced)
+                    } else {
+                        t
+                    }
+                })
+            }
+        }
+        module.map(&mut Balanced)
+    }
+
+    /// A constant `t` on the autodiff side, with the module's checkpointing strategy.
+    fn lift(&self, t: Tensor<2>) -> Tensor<2> {
+        let t = t.autodiff();
+        if self.checkpointing {
+            t.with_gradient_checkpointing_strategy(burn::tensor::GradientCheckpointingStrategy::Balanced)
+        } else {
+            t
         }
     }
 
@@ -376,23 +414,45 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
         let Layout { k, c, .. } = self.layout;
         let own = self.layout.own();
         let mut t = Timings::default();
-        let mut surrogate: Option<Tensor<1>> = None;
         let (mut loss_sum, mut reward_sum, mut d) = (0.0f64, 0.0f64, 1);
         // Per quantity of CHECKED: whether this rank saw it non-finite (summed over ranks below).
         let mut bad = [0.0f32; 5];
+        let mut acc = burn::optim::GradientsAccumulator::<G>::new();
+        // §6.4: rows generated at once. Fewer than the own rows: a first pass without a graph for
+        // the field, then the gradient pass regenerates each chunk with one.
+        let chunk = if self.s.micro_batch == 0 { own } else { self.s.micro_batch.min(own) };
         for (ci, cond) in (self.schedule)(step).into_iter().enumerate() {
             let gen_seeds: Vec<u64> = self.layout.gen_seeds(step, ci).collect();
             let grad_steps = match self.s.objective {
                 Objective::Draft { grad_steps, .. } => grad_steps,
                 Objective::Fav => None,
             };
-            let samples = timed(&mut t.generate, || {
-                let z = self.noise(gen_seeds.iter().copied(), own, &ad);
-                self.net.sample(z, cond, self.s.sample_steps, grad_steps)
-            });
-            let x = timed(&mut t.encode, || self.features.features(samples));
-            // §3.4: the field is computed on detached particles, off the autodiff graph.
-            let xd = x.clone().detach().without_autodiff();
+            let live = |seeds: &[u64], t: &mut Timings| {
+                let samples = timed(&mut t.generate, || {
+                    let z = self.noise(seeds.iter().copied(), seeds.len(), &ad);
+                    self.net.sample(z, cond, self.s.sample_steps, grad_steps)
+                });
+                timed(&mut t.encode, || self.features.features(samples))
+            };
+            let (x, xd) = if chunk == own {
+                let x = live(&gen_seeds, &mut t);
+                // §3.4: the field is computed on detached particles, off the autodiff graph.
+                let xd = x.clone().detach().without_autodiff();
+                (Some(x), xd)
+            } else {
+                let plain = self.net.valid();
+                let parts: Vec<Tensor<2>> = gen_seeds
+                    .chunks(chunk)
+                    .map(|seeds| {
+                        let samples = timed(&mut t.generate, || {
+                            let z = self.noise(seeds.iter().copied(), seeds.len(), &self.device);
+                            plain.sample(z, cond, self.s.sample_steps, grad_steps)
+                        });
+                        timed(&mut t.encode, || self.features.features(samples))
+                    })
+                    .collect();
+                (None, Tensor::cat(parts, 0))
+            };
             d = xd.dims()[1];
             bad[0] += f32::from(!finite(&xd));
             let r_sum = to_vec(&self.reward.value(&xd, cond)).iter().map(|&r| f64::from(r)).sum::<f64>();
@@ -436,14 +496,25 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                     grad.mul_scalar(own as f64 / (k * c) as f64)
                 }
             };
-            let term = (x * grad.autodiff()).sum();
-            surrogate = Some(match surrogate {
-                Some(s) => s + term,
-                None => term,
-            });
+            // Backward now, condition by condition (chunk by chunk): one graph alive at a time.
+            let mut backward = |x: Tensor<2>, g: Tensor<2>, t: &mut Timings| {
+                let grads = timed(&mut t.backward, || {
+                    GradientsParams::from_grads((x * self.s.lift(g)).sum().backward(), &self.net)
+                });
+                acc.accumulate(&self.net, grads);
+            };
+            match x {
+                Some(x) => backward(x, grad, &mut t),
+                None => {
+                    for a in (0..own).step_by(chunk) {
+                        let b = (a + chunk).min(own);
+                        let x = live(&gen_seeds[a..b], &mut t);
+                        backward(x, grad.clone().slice([a..b, 0..d]), &mut t);
+                    }
+                }
+            }
         }
-        let surrogate = surrogate.expect("≥ 1 condition per step");
-        let grads = timed(&mut t.backward, || GradientsParams::from_grads(surrogate.backward(), &self.net));
+        let grads = acc.grads();
         let mut totals = [loss_sum as f32, reward_sum as f32, bad[0], bad[1], bad[2], bad[3], bad[4]];
         let (grads, grad_norm) = timed(&mut t.comm, || {
             let reduced = sync::all_reduce_grads(&self.net, grads, self.comm, &self.device, self.s.max_grad_norm)?;

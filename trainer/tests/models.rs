@@ -1,13 +1,23 @@
 //! The generator conformance suite (`fav_trainer::models::conformance`) over every registered
-//! family of every task: same seed same sample, adapters applied from outside start at the base
-//! (which stays FAV's reference), import round trip, differentiable samples.
+//! family of every task and over SANA-Sprint loaded from a diffusers folder: same seed same
+//! sample, adapters applied from outside start at the base (which stays FAV's reference), import
+//! round trip, differentiable samples.
 
+use burn::tensor::Device;
 use fav_trainer::config::Config;
 use fav_trainer::data::Condition;
-use fav_trainer::models::{self, conformance, Family, FamilyVisitor};
+use fav_trainer::models::{self, conformance, Family, FamilyVisitor, Generator};
 
-/// One property of a family: config, sampling steps, condition → what went wrong.
-type Check = fn(&Config, usize, Condition) -> Result<(), String>;
+/// Every check on the generators `make` gives: what went wrong, named.
+fn run_suite<G: Generator>(name: &str, make: &dyn Fn(&Device) -> G, steps: usize, cond: Condition) -> Vec<String> {
+    let results = [
+        ("same seed, same sample", conformance::same_seed_same_sample(make, steps, cond)),
+        ("adapters start at the base", conformance::adapters_start_at_the_base(make, steps, cond)),
+        ("import round trip", conformance::import_round_trip(make, steps, cond)),
+        ("differentiable", conformance::differentiable(make, steps, cond)),
+    ];
+    results.into_iter().filter_map(|(what, r)| r.err().map(|e| format!("{name} / {what}: {e}"))).collect()
+}
 
 struct Suite {
     cond: Condition,
@@ -19,18 +29,7 @@ impl FamilyVisitor for Suite {
         let cfg = Config::default();
         // The largest step count up to 2: a few-step family shows its steps, cheaply.
         let steps = (*F::STEPS.end()).min(2).max(*F::STEPS.start());
-        let checks: [(&str, Check); 4] = [
-            ("same seed, same sample", conformance::same_seed_same_sample::<F>),
-            ("adapters start at the base", conformance::adapters_start_at_the_base::<F>),
-            ("import round trip", conformance::import_round_trip::<F>),
-            ("differentiable", conformance::differentiable::<F>),
-        ];
-        checks
-            .iter()
-            .filter_map(|(what, check)| {
-                check(&cfg, steps, self.cond).err().map(|e| format!("{} / {what}: {e}", F::NAME))
-            })
-            .collect()
+        run_suite(F::NAME, &|d: &Device| F::init(&cfg, d), steps, self.cond)
     }
 }
 
@@ -44,5 +43,17 @@ fn every_family_conforms() {
         failures.extend(models::image::with_family(name, Suite { cond: Condition::Class(2) }).expect("registered"));
     }
     assert!(models::toy::NAMES.len() == 3 && models::image::NAMES.len() == 2, "every family was visited");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// SANA-Sprint as the t2i job loads it (the tiny random pipeline of `examples/tiny-t2i`), sampled
+/// in its 4 steps on a prompt of the embeddings file.
+#[test]
+fn sana_sprint_conforms() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tiny-t2i");
+    let make = |d: &Device| {
+        models::sana::SanaSprint::load(&dir.join("pipeline"), &dir.join("embeddings.safetensors"), 4.5, d).unwrap()
+    };
+    let failures = run_suite("sana_sprint", &make, 4, Condition::Prompt(3));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -1,10 +1,10 @@
-//! What every generator family must do, checked the same way for each: the tests run these over
-//! every registered family (`trainer/tests/models.rs`), as `comm`'s suite runs over every
-//! collective. Each check returns what went wrong instead of panicking, so a failure names the
-//! family and the property.
+//! What every generator must do, checked the same way for each: the tests run these over every
+//! registered family and over SANA-Sprint loaded from its files (`trainer/tests/models.rs`), as
+//! `comm`'s suite runs over every collective. A generator comes from `make(device)` (a family's
+//! `init`, or a loader). Each check returns what went wrong instead of panicking, so a failure
+//! names the generator and the property.
 
-use super::{Family, Generator};
-use crate::config::Config;
+use super::Generator;
 use crate::data::Condition;
 use crate::lora::{self, LoraConfig, Targets};
 use crate::noise::{self, Stream};
@@ -27,9 +27,13 @@ fn differ(what: &str, a: &[f32], b: &[f32]) -> Result<(), String> {
 
 /// The same noise and condition give the same samples, bit for bit; other noise other samples;
 /// one row per noise row, all finite.
-pub fn same_seed_same_sample<F: Family>(cfg: &Config, steps: usize, cond: Condition) -> Result<(), String> {
+pub fn same_seed_same_sample<G: Generator>(
+    make: &dyn Fn(&Device) -> G,
+    steps: usize,
+    cond: Condition,
+) -> Result<(), String> {
     let device = Device::flex();
-    let g = F::init(cfg, &device);
+    let g = make(&device);
     let a = to_vec(&g.sample(noise(&g, 3, 1, &device), cond, steps, None));
     let b = to_vec(&g.sample(noise(&g, 3, 1, &device), cond, steps, None));
     differ("two samples of the same noise", &a, &b)?;
@@ -46,9 +50,13 @@ pub fn same_seed_same_sample<F: Family>(cfg: &Config, steps: usize, cond: Condit
 /// Adapters on every layer (LoRA from outside): the adapted model starts as its base, bit for
 /// bit, and so does its merge; once the adapters move, the model moves while the base — FAV's
 /// reference, the adapters off — stays what it was.
-pub fn adapters_start_at_the_base<F: Family>(cfg: &Config, steps: usize, cond: Condition) -> Result<(), String> {
+pub fn adapters_start_at_the_base<G: Generator>(
+    make: &dyn Fn(&Device) -> G,
+    steps: usize,
+    cond: Condition,
+) -> Result<(), String> {
     let device = Device::flex();
-    let base = F::init(cfg, &device);
+    let base = make(&device);
     let layers = lora::layers(&base);
     if layers.is_empty() {
         return Err("no layer can carry an adapter".into());
@@ -73,12 +81,16 @@ pub fn adapters_start_at_the_base<F: Family>(cfg: &Config, steps: usize, cond: C
 
 /// Weights written by the project load back into a fresh model and give the same samples, bit
 /// for bit; a file of another shape is refused naming the tensor.
-pub fn import_round_trip<F: Family>(cfg: &Config, steps: usize, cond: Condition) -> Result<(), String> {
+pub fn import_round_trip<G: Generator>(
+    make: &dyn Fn(&Device) -> G,
+    steps: usize,
+    cond: Condition,
+) -> Result<(), String> {
     let device = Device::flex();
     device.seed(1);
-    let a = F::init(cfg, &device);
+    let a = make(&device);
     device.seed(2);
-    let fresh = F::init(cfg, &device);
+    let fresh = make(&device);
     let bytes = crate::weights::to_bytes(&a)?;
     let b = crate::weights::from_bytes(fresh, &bytes, "round trip").map_err(|e| e.to_string())?;
     let z = noise(&a, 2, 4, &device);
@@ -90,9 +102,9 @@ pub fn import_round_trip<F: Family>(cfg: &Config, steps: usize, cond: Condition)
 }
 
 /// Samples carry the graph: a loss on them gives finite, non-zero gradients to the parameters.
-pub fn differentiable<F: Family>(cfg: &Config, steps: usize, cond: Condition) -> Result<(), String> {
+pub fn differentiable<G: Generator>(make: &dyn Fn(&Device) -> G, steps: usize, cond: Condition) -> Result<(), String> {
     let device = Device::flex().autodiff();
-    let g = F::init(cfg, &device).train();
+    let g = make(&device).train();
     let x = g.sample(noise(&g, 2, 5, &device), cond, steps, None);
     let grads = burn::optim::GradientsParams::from_grads((x.clone() * x).sum().backward(), &g);
     if grads.is_empty() {
