@@ -259,7 +259,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { checkpoint, step, out } => {
-            let e = fav_trainer::checkpoint::export(&checkpoint, step, &out, env!("FAV_SOURCE_COMMIT"))?;
+            let e = fav_trainer::export(&checkpoint, step, &out, env!("FAV_SOURCE_COMMIT"))?;
             println!("exported step {} to {}: {}", e.step, out.display(), e.files.join(", "));
             Ok(ExitCode::SUCCESS)
         }

@@ -65,7 +65,7 @@ fn main() {
     let only_tiny = std::env::var("FAV_BENCH_SIZES").is_ok_and(|s| s == "tiny");
     let python = std::env::var("FAV_BENCH_PYTHON").ok();
     let threads = rayon::current_num_threads();
-    println!("| config | latent | prompt tokens | gradient checkpointing | fav fwd+bwd (s) | PyTorch fwd+bwd (s) | fav / PyTorch | fav peak RSS | PyTorch peak RSS |");
+    println!("| config | latent | prompt tokens | checkpointing in the pass (fav: burn balanced; PyTorch: diffusers) | fav fwd+bwd (s) | PyTorch fwd+bwd (s) | fav / PyTorch | fav peak RSS | PyTorch peak RSS |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let tiny = dir.join("tests/data/sana/transformer/config.json");
     let cases = [

@@ -289,6 +289,8 @@ async fn save_and_prune(
 pub struct Exported {
     pub step: u64,
     pub files: Vec<String>,
+    /// The configuration the checkpoint was made under.
+    pub config: Config,
 }
 
 /// `export.json`, a task's account of its checkpoint for inference: which parts to hand on, and
@@ -355,15 +357,6 @@ pub fn export(
     });
     write("model_card.json", &serde_json::to_vec_pretty(&card).expect("card serialises"))?;
     let mut files = spec.files;
-    if c.task == crate::config::Task::T2i {
-        // The merged transformer is made now from the user's base folder: a checkpoint carries
-        // only the adapters, not gigabytes of base weights.
-        let t = &c.t2i;
-        let lora_file = out.join(crate::tasks::t2i::LORA_FILE);
-        let dir = crate::tasks::t2i::export_merged(std::path::Path::new(&t.model), &lora_file, out)
-            .map_err(|e| fmt_err(format!("the merged transformer (base t2i.model = {:?}): {e}", t.model)))?;
-        files.push(format!("{}/", dir.file_name().expect("a folder").to_string_lossy()));
-    }
     files.push("model_card.json".into());
-    Ok(Exported { step: manifest.step, files })
+    Ok(Exported { step: manifest.step, files, config: state.config })
 }

@@ -172,7 +172,8 @@ pub struct T2iConfig {
     pub grid: usize,
     /// Evaluation samples generated at once.
     pub micro_batch: usize,
-    /// Recompute activations in the backward pass instead of keeping them (memory for time).
+    /// Keep only each sampling step's and decoder block's input and recompute it in the
+    /// backward pass (memory for one more forward).
     pub gradient_checkpointing: bool,
 }
 
@@ -193,7 +194,7 @@ impl Default for T2iConfig {
             eval_batch: 4,
             grid: 4,
             micro_batch: 1,
-            gradient_checkpointing: false,
+            gradient_checkpointing: true,
         }
     }
 }

@@ -40,3 +40,28 @@ pub fn validate(cfg: &config::Config) -> Result<(), config::ConfigError> {
     cfg.validate()?;
     tasks::check(cfg)
 }
+
+/// `fav export`: a checkpoint's parts for inference and its model card
+/// ([`checkpoint::export`]); for a text-to-image checkpoint also the merged transformer, made
+/// now from the base folder the run used (a checkpoint carries only the adapters).
+pub fn export(
+    url: &str,
+    step: Option<u64>,
+    out: &std::path::Path,
+    source_commit: &str,
+) -> Result<checkpoint::Exported, checkpoint::CheckpointError> {
+    let mut e = checkpoint::export(url, step, out, source_commit)?;
+    if e.config.task == config::Task::T2i {
+        let t = &e.config.t2i;
+        let lora_file = out.join(tasks::t2i::LORA_FILE);
+        let dir = tasks::t2i::export_merged(std::path::Path::new(&t.model), &lora_file, out).map_err(|reason| {
+            checkpoint::CheckpointError::Format(format!(
+                "the merged transformer (base t2i.model = {:?}): {reason}",
+                t.model
+            ))
+        })?;
+        let n = e.files.len() - 1; // before model_card.json
+        e.files.insert(n, format!("{}/", dir.file_name().expect("a folder").to_string_lossy()));
+    }
+    Ok(e)
+}

@@ -278,18 +278,26 @@ mod t2i {
         // The decoder, once per sample: per level about 8 tensors of its width per block at its
         // resolution (convs, norms, activations), plus the upsampling's output.
         let levels = ac.levels.len();
-        let decoder: f64 = ac
-            .levels
-            .iter()
-            .enumerate()
-            .map(|(l, lv)| {
-                let side = (image[0] >> l) as f64;
-                side * side * lv.width as f64 * (8.0 * lv.blocks as f64 + if l + 1 < levels { 2.0 } else { 0.0 })
-            })
-            .sum();
+        let up = |l: usize| if l + 1 < levels { 2.0 } else { 0.0 };
+        // Per level: (its block's activations, every link input kept at it).
+        let level = |l: usize| {
+            let lv = &ac.levels[l];
+            let plane = ((image[0] >> l) * (image[1] >> l) * lv.width) as f64;
+            (8.0 * plane, plane * (lv.blocks as f64 + up(l) / 2.0))
+        };
+        let decoder: f64 = (0..levels).map(|l| level(l).0 / 8.0 * (8.0 * ac.levels[l].blocks as f64 + up(l))).sum();
         let noise = (sana::generator::MAX_STEPS * latent.iter().product::<usize>()) as f64;
         let steps = t.sample_steps as f64;
-        let per_sample = steps * per_step + decoder + phi_acts + pixels + noise + d;
+        let graph = if t.gradient_checkpointing {
+            // One link alive (a transformer pass or a decoder block) and every link's input.
+            let link = (0..levels).map(|l| level(l).0).fold(per_step, f64::max);
+            let inputs: f64 =
+                (0..levels).map(|l| level(l).1).sum::<f64>() + steps * latent.iter().product::<usize>() as f64;
+            link + inputs
+        } else {
+            steps * per_step + decoder
+        };
+        let per_sample = graph + phi_acts + pixels + noise + d;
         let mut items = vec![Item {
             what: "frozen models and the trainable copy (transformer, decoder, reward)",
             key: "t2i.model",

@@ -185,8 +185,8 @@ pub struct Settings {
     pub nonfinite_skips: usize,
     /// Own rows generated at once (§6.4); 0: all of them in one pass.
     pub micro_batch: usize,
-    /// Recompute memory-bound activations in the backward pass (burn's balanced gradient
-    /// checkpointing) instead of keeping them.
+    /// Gradient checkpointing: the generator recomputes its steps in the backward pass instead
+    /// of keeping their activations ([`Generator::accumulate_grads`]).
     pub checkpointing: bool,
 }
 
@@ -213,49 +213,9 @@ impl Settings {
         }
     }
 
-    /// `module` (already on the autodiff device) with the checkpointing strategy of
-    /// [`Settings::autodiff`]: the tensors of one operation must share it, and a parameter
-    /// carries the default until told.
-    pub fn place<M: burn::module::Module>(&self, module: M) -> M {
-        if !self.checkpointing {
-            return module;
-        }
-        struct Balanced;
-        impl burn::module::ModuleMapper for Balanced {
-            fn map_float<const D: usize>(
-                &mut self,
-                p: burn::module::Param<Tensor<D>>,
-            ) -> burn::module::Param<Tensor<D>> {
-                p.map(|t| {
-                    if t.is_autodiff() {
-                        t.with_gradient_checkpointing_strategy(burn::tensor::GradientCheckpointingStrategy::Balanced)
-                    } else {
-                        t
-                    }
-                })
-            }
-        }
-        module.map(&mut Balanced)
-    }
-
-    /// A constant `t` on the autodiff side, with the module's checkpointing strategy.
-    fn lift(&self, t: Tensor<2>) -> Tensor<2> {
-        let t = t.autodiff();
-        if self.checkpointing {
-            t.with_gradient_checkpointing_strategy(burn::tensor::GradientCheckpointingStrategy::Balanced)
-        } else {
-            t
-        }
-    }
-
-    /// The autodiff device the trainable module lives on (checkpointing or not).
+    /// The autodiff device the trainable module lives on.
     pub fn autodiff(&self, device: &Device) -> Device {
-        let ad = device.clone().autodiff();
-        if self.checkpointing {
-            ad.gradient_checkpointing()
-        } else {
-            ad
-        }
+        device.clone().autodiff()
     }
 }
 
@@ -427,15 +387,13 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                 Objective::Draft { grad_steps, .. } => grad_steps,
                 Objective::Fav => None,
             };
-            let live = |seeds: &[u64], t: &mut Timings| {
+            // One pass with its graph when it holds every own row and nothing is recomputed.
+            let (x, xd) = if chunk == own && !self.s.checkpointing {
                 let samples = timed(&mut t.generate, || {
-                    let z = self.noise(seeds.iter().copied(), seeds.len(), &ad);
+                    let z = self.noise(gen_seeds.iter().copied(), own, &ad);
                     self.net.sample(z, cond, self.s.sample_steps, grad_steps)
                 });
-                timed(&mut t.encode, || self.features.features(samples))
-            };
-            let (x, xd) = if chunk == own {
-                let x = live(&gen_seeds, &mut t);
+                let x = timed(&mut t.encode, || self.features.features(samples));
                 // §3.4: the field is computed on detached particles, off the autodiff graph.
                 let xd = x.clone().detach().without_autodiff();
                 (Some(x), xd)
@@ -497,19 +455,27 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                 }
             };
             // Backward now, condition by condition (chunk by chunk): one graph alive at a time.
-            let mut backward = |x: Tensor<2>, g: Tensor<2>, t: &mut Timings| {
-                let grads = timed(&mut t.backward, || {
-                    GradientsParams::from_grads((x * self.s.lift(g)).sum().backward(), &self.net)
-                });
-                acc.accumulate(&self.net, grads);
-            };
             match x {
-                Some(x) => backward(x, grad, &mut t),
+                Some(x) => {
+                    let grads = timed(&mut t.backward, || {
+                        GradientsParams::from_grads((x * grad.autodiff()).sum().backward(), &self.net)
+                    });
+                    acc.accumulate(&self.net, grads);
+                }
                 None => {
                     for a in (0..own).step_by(chunk) {
                         let b = (a + chunk).min(own);
-                        let x = live(&gen_seeds[a..b], &mut t);
-                        backward(x, grad.clone().slice([a..b, 0..d]), &mut t);
+                        let g = grad.clone().slice([a..b, 0..d]);
+                        // The samples' cotangent: ∂L/∂x back through φ (its own graph).
+                        let cotangent = |samples: Tensor<2>| {
+                            let s = samples.autodiff().require_grad();
+                            let grads = (self.features.features(s.clone()) * g.clone().autodiff()).sum().backward();
+                            s.grad(&grads).expect("the samples carry the graph")
+                        };
+                        timed(&mut t.backward, || {
+                            let z = self.noise(gen_seeds[a..b].iter().copied(), b - a, &ad);
+                            self.net.accumulate_grads(z, cond, self.s.sample_steps, grad_steps, &cotangent, &mut acc)
+                        });
                     }
                 }
             }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::data::Condition;
 use crate::observe::Progress;
 use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use std::ops::RangeInclusive;
 
@@ -29,6 +30,38 @@ pub trait Generator: Module + Clone + std::fmt::Debug + Send + 'static {
     /// one-step family), differentiable through every step — or, with `grad_steps = Some(k)`,
     /// through the last `k` only (DRaFT-K: the state entering them is detached).
     fn sample(&self, noise: Tensor<2>, cond: Condition, steps: usize, grad_steps: Option<usize>) -> Tensor<2>;
+
+    /// Add to `acc` the parameter gradients of `Σ ⟨sample(noise), c⟩`, with `c = cotangent(x)`
+    /// computed from the detached sample `x` itself (off the generator's graph). The default
+    /// keeps the whole sample's graph; a generator may instead keep only its steps' inputs and
+    /// recompute each in the backward pass (gradient checkpointing: the same gradients up to the
+    /// order of sums, one step's activations alive at a time).
+    fn accumulate_grads(
+        &self,
+        noise: Tensor<2>,
+        cond: Condition,
+        steps: usize,
+        grad_steps: Option<usize>,
+        cotangent: &dyn Fn(Tensor<2>) -> Tensor<2>,
+        acc: &mut GradientsAccumulator<Self>,
+    ) {
+        whole_graph_grads(self, noise, cond, steps, grad_steps, cotangent, acc);
+    }
+}
+
+/// [`Generator::accumulate_grads`] keeping the whole sample's graph.
+pub fn whole_graph_grads<G: Generator>(
+    g: &G,
+    noise: Tensor<2>,
+    cond: Condition,
+    steps: usize,
+    grad_steps: Option<usize>,
+    cotangent: &dyn Fn(Tensor<2>) -> Tensor<2>,
+    acc: &mut GradientsAccumulator<G>,
+) {
+    let x = g.sample(noise, cond, steps, grad_steps);
+    let c = cotangent(x.clone().detach().without_autodiff());
+    acc.accumulate(g, GradientsParams::from_grads((x * c.autodiff()).sum().backward(), g));
 }
 
 /// A registered generator family: how a base is made when none is named.

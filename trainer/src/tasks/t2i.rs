@@ -275,7 +275,7 @@ impl<'c> Task<'c> for T2iTask<'c> {
                 .collect(),
         );
         let net = lora::adapt(base.clone().to_device(&ad), self.lora(), &targets, seed, &self.device).train();
-        let net = settings.place(net);
+        let net = net.with_recompute(t.gradient_checkpointing);
         let (seed, c, n_train) = (cfg.seed, f.conditions, self.n_train);
         let schedule = move |step| prompts_of_step(seed, step, c, n_train).into_iter().map(Condition::Prompt).collect();
         self.aligner = Some(Aligner {

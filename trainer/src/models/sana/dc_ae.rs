@@ -396,23 +396,35 @@ impl DcDecoder {
 
     /// Latents (already divided by `scaling_factor`) `[b, latent, h, w]` → images `[b, 3, H, W]`.
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut x = self.conv_in.forward(z.clone());
-        if self.in_repeats > 0 {
-            x = x + repeat_channels(z, self.in_repeats);
-        }
+        self.links().iter().fold(z, |x, link| link(x))
+    }
+
+    /// The decoder as a chain of links — the input convolution, each upsampling and block, the
+    /// output — whose composition is [`DcDecoder::forward`]: what gradient checkpointing
+    /// recomputes one at a time.
+    pub fn links(&self) -> Vec<Box<dyn Fn(Tensor<4>) -> Tensor<4> + '_>> {
+        let mut links: Vec<Box<dyn Fn(Tensor<4>) -> Tensor<4> + '_>> = vec![Box::new(move |z: Tensor<4>| {
+            let x = self.conv_in.forward(z.clone());
+            if self.in_repeats > 0 {
+                x + repeat_channels(z, self.in_repeats)
+            } else {
+                x
+            }
+        })];
         for stage in self.up_blocks.iter().rev() {
             if let Some(u) = &stage.upsample {
-                x = u.forward(x);
+                links.push(Box::new(move |x| u.forward(x)));
             }
             for b in &stage.blocks {
-                x = match (&b.res, &b.vit) {
+                links.push(Box::new(move |x| match (&b.res, &b.vit) {
                     (Some(r), _) => r.forward(x),
                     (_, Some(v)) => v.forward(x),
                     _ => unreachable!("a block is one kind"),
-                };
+                }));
             }
         }
-        self.conv_out.forward(relu(self.norm_out.forward(x)))
+        links.push(Box::new(move |x| self.conv_out.forward(relu(self.norm_out.forward(x)))));
+        links
     }
 }
 

@@ -9,12 +9,13 @@
 
 use super::dc_ae::DcAe;
 use super::prompts::PromptEmbeddings;
-use super::scm::Scm;
+use super::scm::{Prompts, Scm};
 use super::transformer::SanaTransformer;
 use super::{load_decoder, load_transformer};
 use crate::data::Condition;
 use crate::models::Generator;
 use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 pub const MAX_STEPS: usize = 4;
 
 /// What sampling needs besides weights: the prompts, the sampler and the shapes.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Setup {
     pub prompts: PromptEmbeddings,
     pub scm: Scm,
@@ -34,6 +35,9 @@ pub struct Setup {
     pub latent: [usize; 3],
     /// Decoded image `[H, W]`.
     pub image: [usize; 2],
+    /// Gradient checkpointing: backpropagate step by step and decoder link by link, recomputing
+    /// each from its stored input ([`Generator::accumulate_grads`]).
+    pub recompute: bool,
 }
 
 /// The transformer and the DC-AE decoder, under the names of their diffusers folders.
@@ -62,8 +66,15 @@ impl SanaSprint {
             scaling_factor: ae.scaling_factor,
             latent: [cfg.in_channels, s, s],
             image: [s * up, s * up],
+            recompute: false,
         };
         Ok(Self { transformer, vae, setup: Arc::new(setup) })
+    }
+
+    /// The same model, with gradient checkpointing on or off.
+    pub fn with_recompute(mut self, on: bool) -> Self {
+        Arc::make_mut(&mut self.setup).recompute = on;
+        self
     }
 
     fn latent_len(&self) -> usize {
@@ -85,17 +96,82 @@ impl Generator for SanaSprint {
     }
 
     fn sample(&self, noise: Tensor<2>, cond: Condition, steps: usize, grad_steps: Option<usize>) -> Tensor<2> {
-        assert!((1..=MAX_STEPS).contains(&steps), "validated: SANA-Sprint samples in 1–{MAX_STEPS} steps");
-        let n = noise.dims()[0];
-        let prompts = self.setup.prompts.batch(&vec![cond.prompt_index(); n], &noise.device());
-        let latents = self.chunk(&noise, 0);
-        // Step i's fresh noise re-noises the state entering step i + 1; the last step's is unused.
-        let step_noise: Vec<Tensor<4>> =
-            (1..=steps).map(|k| if k < steps { self.chunk(&noise, k) } else { latents.zeros_like() }).collect();
+        let (latents, step_noise, prompts) = self.inputs(&noise, cond, steps);
         let s = &self.setup;
         let z = s.scm.sample(&self.transformer, latents, &prompts, s.guidance, &step_noise, grad_steps);
         let images = self.vae.decoder.forward(z.div_scalar(s.scaling_factor));
-        let [_, ch, h, w] = images.dims();
+        let [n, ch, h, w] = images.dims();
         images.reshape([n, ch * h * w])
+    }
+
+    /// With `recompute`: a forward pass without a graph that keeps each sampling step's and
+    /// decoder link's input, then the backward pass link by link from the end — each link rerun
+    /// from its input with a graph, its input's cotangent carried to the link before, the
+    /// transformer steps' parameter gradients accumulated. At most one link's activations are
+    /// alive: one transformer pass, or one decoder block at the image's resolution.
+    fn accumulate_grads(
+        &self,
+        noise: Tensor<2>,
+        cond: Condition,
+        steps: usize,
+        grad_steps: Option<usize>,
+        cotangent: &dyn Fn(Tensor<2>) -> Tensor<2>,
+        acc: &mut GradientsAccumulator<Self>,
+    ) {
+        if !self.setup.recompute {
+            return crate::models::whole_graph_grads(self, noise, cond, steps, grad_steps, cotangent, acc);
+        }
+        let (s, plain) = (&self.setup, self.valid());
+        let (latents, step_noise, prompts) = plain.inputs(&noise.detach().without_autodiff(), cond, steps);
+        let (sd, ts) = (s.scm.sigma_data, s.scm.timesteps(steps));
+        // Forward, keeping each link's input.
+        let mut states = Vec::with_capacity(steps);
+        let mut x = latents.mul_scalar(sd);
+        let mut denoised = x.clone();
+        for (i, z) in step_noise.iter().enumerate() {
+            states.push(x.clone());
+            denoised = s.scm.denoise(&plain.transformer, x, ts[i], &prompts, s.guidance);
+            x = s.scm.renoise(denoised.clone(), z.clone(), ts[i + 1]);
+        }
+        let mut inputs = Vec::new();
+        let images = plain.vae.decoder.links().iter().fold(denoised.div_scalar(sd * s.scaling_factor), |h, link| {
+            inputs.push(h.clone());
+            link(h)
+        });
+        let [n, ch, h, w] = images.dims();
+        let mut cot = cotangent(images.reshape([n, ch * h * w])).reshape([n, ch, h, w]);
+        // Backward: a link's output cotangent gives its input's (and its parameters') gradients.
+        let vjp = |f: &dyn Fn(Tensor<4>) -> Tensor<4>, input: Tensor<4>, cot: Tensor<4>| {
+            let a = input.autodiff().require_grad();
+            let grads = (f(a.clone()) * cot.autodiff()).sum().backward();
+            (a.grad(&grads).expect("the input carries the graph"), grads)
+        };
+        for (link, input) in self.vae.decoder.links().iter().zip(inputs).rev() {
+            cot = vjp(link.as_ref(), input, cot).0;
+        }
+        // The decoder read denoised / (σ_d · scaling); a step's x₀ reaches the next state as
+        // cos(t)·x₀, and the last x₀ is the output.
+        let mut cot = cot.div_scalar(sd * s.scaling_factor);
+        let first = grad_steps.map_or(0, |k| steps.saturating_sub(k));
+        for i in (first..steps).rev() {
+            let step = |x: Tensor<4>| s.scm.denoise(&self.transformer, x, ts[i], &prompts, s.guidance);
+            let (cot_x, grads) = vjp(&step, states[i].clone(), cot);
+            acc.accumulate(self, GradientsParams::from_grads(grads, self));
+            cot = cot_x.mul_scalar(ts[i].cos());
+        }
+    }
+}
+
+impl SanaSprint {
+    /// The initial latents, the step noises (step i's re-noises the state entering step i + 1;
+    /// the last step's is unused) and the prompt of `noise`'s rows.
+    fn inputs(&self, noise: &Tensor<2>, cond: Condition, steps: usize) -> (Tensor<4>, Vec<Tensor<4>>, Prompts) {
+        assert!((1..=MAX_STEPS).contains(&steps), "validated: SANA-Sprint samples in 1–{MAX_STEPS} steps");
+        let n = noise.dims()[0];
+        let prompts = self.setup.prompts.batch(&vec![cond.prompt_index(); n], &noise.device());
+        let latents = self.chunk(noise, 0);
+        let step_noise =
+            (1..=steps).map(|k| if k < steps { self.chunk(noise, k) } else { latents.zeros_like() }).collect();
+        (latents, step_noise, prompts)
     }
 }

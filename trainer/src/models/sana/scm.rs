@@ -54,11 +54,8 @@ impl Scm {
         step_noise: &[Tensor<4>],
         grad_steps: Option<usize>,
     ) -> Tensor<4> {
-        let b = latents.dims()[0];
         let sd = self.sigma_data;
         let ts = self.timesteps(step_noise.len());
-        let g = vec![guidance as f32; b];
-        let (ctx, mask) = (&prompt.ctx, &prompt.mask);
         let mut x = latents.mul_scalar(sd);
         let mut denoised = x.clone();
         let detach_at = grad_steps.map(|k| step_noise.len().saturating_sub(k));
@@ -66,19 +63,34 @@ impl Scm {
             if detach_at == Some(i) {
                 x = x.detach();
             }
-            let (s, t) = (ts[i], ts[i + 1]);
-            // The model's time: TrigFlow s as a flow-matching t ∈ [0, 1], and its input scaling.
-            let u = s.sin() / (s.cos() + s.sin());
-            let norm = (u * u + (1.0 - u) * (1.0 - u)).sqrt();
-            let input = x.clone().mul_scalar(norm / sd);
-            let cond =
-                Conditioning { ctx: ctx.clone(), mask: mask.clone(), timestep: &vec![u as f32; b], guidance: Some(&g) };
-            let out = model.forward(input.clone(), &cond);
-            let f =
-                (input.mul_scalar(1.0 - 2.0 * u) + out.mul_scalar(1.0 - 2.0 * u + 2.0 * u * u)).mul_scalar(sd / norm);
-            denoised = x.mul_scalar(s.cos()) - f.mul_scalar(s.sin());
-            x = denoised.clone().mul_scalar(t.cos()) + z.clone().mul_scalar(t.sin() * sd);
+            denoised = self.denoise(model, x, ts[i], prompt, guidance);
+            x = self.renoise(denoised.clone(), z.clone(), ts[i + 1]);
         }
         denoised.mul_scalar(1.0 / sd)
+    }
+
+    /// One step's consistency estimate `x₀ = cos(s)·x − sin(s)·F` from the state `x` at TrigFlow
+    /// time `s`.
+    pub fn denoise(&self, model: &SanaTransformer, x: Tensor<4>, s: f64, prompt: &Prompts, guidance: f64) -> Tensor<4> {
+        let (b, sd) = (x.dims()[0], self.sigma_data);
+        // The model's time: TrigFlow s as a flow-matching t ∈ [0, 1], and its input scaling.
+        let u = s.sin() / (s.cos() + s.sin());
+        let norm = (u * u + (1.0 - u) * (1.0 - u)).sqrt();
+        let input = x.clone().mul_scalar(norm / sd);
+        let g = vec![guidance as f32; b];
+        let cond = Conditioning {
+            ctx: prompt.ctx.clone(),
+            mask: prompt.mask.clone(),
+            timestep: &vec![u as f32; b],
+            guidance: Some(&g),
+        };
+        let out = model.forward(input.clone(), &cond);
+        let f = (input.mul_scalar(1.0 - 2.0 * u) + out.mul_scalar(1.0 - 2.0 * u + 2.0 * u * u)).mul_scalar(sd / norm);
+        x.mul_scalar(s.cos()) - f.mul_scalar(s.sin())
+    }
+
+    /// The state entering the next step: `cos(t)·x₀ + sin(t)·σ_d·z`.
+    pub fn renoise(&self, denoised: Tensor<4>, z: Tensor<4>, t: f64) -> Tensor<4> {
+        denoised.mul_scalar(t.cos()) + z.mul_scalar(t.sin() * self.sigma_data)
     }
 }
