@@ -1,8 +1,8 @@
 //! Checkpoints of an alignment run: what an exact resume needs, written in the background to a
 //! [`fav_storage::Store`] while training goes on.
 //!
-//! Parts: `model.burnpack` (the trainable network with its parameter ids, so the optimiser state
-//! matches it on load), `optimizer.burnpack` (its optimiser state), `state.json` (step, seed,
+//! Parts: `trainable.safetensors` (the parameters that train — all of a toy network, the adapters
+//! of an adapted model — with their ids, so the optimiser state matches them on load), `optimizer.burnpack` (its optimiser state), `state.json` (step, seed,
 //! world size, metrics so far, the config), and the task's own: the frozen models (so a resume
 //! needs no cache), the weights for people and tools, and `export.json` (what `fav export`
 //! hands on). Noise is a pure function of (seed, step, particle), so the step is the whole RNG
@@ -79,6 +79,90 @@ pub fn config_hash(cfg: &Config) -> String {
 pub fn record_bytes<M: Module>(m: &M) -> Result<Bytes, CheckpointError> {
     let b = m.clone().into_record().into_bytes().map_err(fmt_err)?;
     Ok(Bytes::copy_from_slice(&b))
+}
+
+/// The trainable parameters of `m` — those that take gradients: a LoRA-adapted model's factors,
+/// every weight of a toy network — by module path, with their ids in the metadata (the optimiser
+/// state is keyed by them), as safetensors bytes. The frozen rest is the task's to rebuild (a
+/// base read from its files), so a checkpoint of a large adapted model holds megabytes.
+pub fn trainable_bytes<M: Module>(m: &M) -> Result<Bytes, CheckpointError> {
+    struct Walk {
+        path: Vec<String>,
+        out: Vec<crate::lora::NamedTensor>,
+        ids: std::collections::BTreeMap<String, u64>,
+    }
+    impl burn::module::ModuleVisitor for Walk {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::tensor::Tensor<D>>) {
+            // The stored value, not a reparameterized one: a frozen base weight stays out.
+            let t = p.base();
+            if t.is_require_grad() {
+                let path = self.path.join(".");
+                self.ids.insert(path.clone(), p.id.val());
+                self.out.push((path, t.dims().to_vec(), crate::tensors::to_vec(&t)));
+            }
+        }
+    }
+    let mut w = Walk { path: Vec::new(), out: Vec::new(), ids: Default::default() };
+    m.visit(&mut w);
+    let ids = serde_json::to_string(&w.ids).map_err(fmt_err)?;
+    crate::lora::tensors_bytes_with(&w.out, &[("param_ids", ids)]).map(Bytes::from).map_err(fmt_err)
+}
+
+/// Load [`trainable_bytes`] into `m`: each stored parameter takes the file's value and id, the
+/// rest stays as `m` has it. A file missing one of `m`'s trainable parameters is refused.
+pub fn load_trainable<M: Module>(m: M, bytes: &Bytes) -> Result<M, CheckpointError> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(fmt_err)?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(fmt_err)?;
+    let ids: std::collections::BTreeMap<String, u64> = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("param_ids"))
+        .ok_or_else(|| fmt_err("no param_ids metadata: not a trainable-parameters part"))
+        .and_then(|s| serde_json::from_str(s).map_err(fmt_err))?;
+    struct Load<'a> {
+        path: Vec<String>,
+        st: &'a safetensors::SafeTensors<'a>,
+        ids: &'a std::collections::BTreeMap<String, u64>,
+        missing: Vec<String>,
+    }
+    impl burn::module::ModuleMapper for Load<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(
+            &mut self,
+            p: burn::module::Param<burn::tensor::Tensor<D>>,
+        ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+            let path = self.path.join(".");
+            let (Some(&id), Ok(view)) = (self.ids.get(&path), self.st.tensor(&path)) else {
+                if p.base().is_require_grad() {
+                    self.missing.push(path);
+                }
+                return p;
+            };
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let (_, old, mapper) = p.consume();
+            let data = burn::tensor::TensorData::new(values, view.shape().to_vec());
+            let t = burn::tensor::Tensor::<D>::from_data(data, &old.device()).require_grad();
+            burn::module::Param::from_mapped_value(burn::module::ParamId::from(id), t, mapper)
+        }
+    }
+    let mut l = Load { path: Vec::new(), st: &st, ids: &ids, missing: Vec::new() };
+    let m = m.map(&mut l);
+    if !l.missing.is_empty() {
+        return Err(fmt_err(format!("the checkpoint lacks trainable parameters {:?}", l.missing)));
+    }
+    Ok(m)
 }
 
 /// Load record bytes into `m` (ids included).

@@ -83,7 +83,7 @@ pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Re
     };
     let mine = resumed
         .as_ref()
-        .map(|r| Ok::<_, JobError>((r.state.step, r.part("model.burnpack")?, r.part("optimizer.burnpack")?)));
+        .map(|r| Ok::<_, JobError>((r.state.step, r.part("trainable.safetensors")?, r.part("optimizer.burnpack")?)));
     let shared = sync::share_resume(comm, mine.transpose()?)?;
     let start = match &shared {
         Some((step, model, optim)) => {
@@ -146,7 +146,7 @@ pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Re
                 config: cfg.clone(),
             };
             let mut parts = vec![
-                ("model.burnpack".to_string(), model),
+                ("trainable.safetensors".to_string(), model),
                 ("optimizer.burnpack".to_string(), optimizer),
                 ("state.json".to_string(), Bytes::from(serde_json::to_vec_pretty(&state).expect("state serialises"))),
             ];

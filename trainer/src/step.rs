@@ -520,13 +520,13 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
 
     fn state(&self) -> Result<(Bytes, Bytes), CheckpointError> {
         let optim = self.optim.into_bytes().map_err(|e| CheckpointError::Format(e.to_string()))?;
-        Ok((checkpoint::record_bytes(&self.net)?, Bytes::copy_from_slice(&optim)))
+        Ok((checkpoint::trainable_bytes(&self.net)?, Bytes::copy_from_slice(&optim)))
     }
 
-    /// The module's record (parameter ids included, so the optimiser state matches it) and its
-    /// optimiser state. Which weights train is the module's own, not the record's.
+    /// The trainable parameters with their ids (so the optimiser state matches them) and the
+    /// optimiser state; the frozen rest is what the task built.
     fn restore(&mut self, model: &Bytes, optimizer: &Bytes) -> Result<(), CheckpointError> {
-        self.net = checkpoint::load_record(self.net.clone(), model)?;
+        self.net = checkpoint::load_trainable(self.net.clone(), model)?;
         let bytes = burn::tensor::Bytes::from_bytes_vec(optimizer.to_vec());
         let placeholder = burn::optim::AdamConfig::new().init();
         let optim = std::mem::replace(&mut self.optim, placeholder);
