@@ -10,7 +10,6 @@
 
 use crate::config::Config;
 use burn::module::Module;
-use burn::store::ModuleRecord;
 use bytes::Bytes;
 use fav_storage::{Manifest, StorageError, Store};
 use serde::{Deserialize, Serialize};
@@ -73,12 +72,6 @@ pub fn config_hash(cfg: &Config) -> String {
         }
     }
     fav_storage::sha256_hex(v.to_string().as_bytes())[..16].to_string()
-}
-
-/// Burn's record bytes of a module (parameter ids included).
-pub fn record_bytes<M: Module>(m: &M) -> Result<Bytes, CheckpointError> {
-    let b = m.clone().into_record().into_bytes().map_err(fmt_err)?;
-    Ok(Bytes::copy_from_slice(&b))
 }
 
 /// The trainable parameters of `m` — those that take gradients: a LoRA-adapted model's factors,
@@ -163,12 +156,6 @@ pub fn load_trainable<M: Module>(m: M, bytes: &Bytes) -> Result<M, CheckpointErr
         return Err(fmt_err(format!("the checkpoint lacks trainable parameters {:?}", l.missing)));
     }
     Ok(m)
-}
-
-/// Load record bytes into `m` (ids included).
-pub fn load_record<M: Module>(m: M, bytes: &Bytes) -> Result<M, CheckpointError> {
-    let rec = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec())).map_err(fmt_err)?;
-    m.try_load_record(rec).map_err(fmt_err)
 }
 
 /// Where a run resumes from.

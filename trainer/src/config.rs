@@ -533,15 +533,15 @@ impl Config {
 
     fn validate_t2i(&self) -> Result<(), ConfigError> {
         let t = &self.t2i;
-        for (key, v) in
-            [("t2i.model", &t.model), ("t2i.embeddings", &t.embeddings), ("t2i.train_prompts", &t.train_prompts)]
-        {
+        for (key, v) in [
+            ("t2i.model", &t.model),
+            ("t2i.embeddings", &t.embeddings),
+            ("t2i.train_prompts", &t.train_prompts),
+            ("t2i.eval_prompts", &t.eval_prompts),
+        ] {
             if v.is_empty() {
                 return Err(err(key, "must name a file or folder"));
             }
-        }
-        if t.eval_prompts.is_empty() {
-            return Err(err("t2i.eval_prompts", "must name a file"));
         }
         if !(1..=4).contains(&t.sample_steps) {
             return Err(err("t2i.sample_steps", format!("SANA-Sprint samples in 1–4 steps, got {}", t.sample_steps)));

@@ -212,11 +212,6 @@ impl Settings {
             micro_batch: if cfg.task == crate::config::Task::T2i { cfg.t2i.micro_batch } else { 0 },
         }
     }
-
-    /// The autodiff device the trainable module lives on.
-    pub fn autodiff(&self, device: &Device) -> Device {
-        device.clone().autodiff()
-    }
 }
 
 /// What a step checks for finiteness, in the order it computes them.
@@ -370,7 +365,7 @@ impl<G: Generator> Aligner<'_, G> {
 impl<G: Generator> Trainer for Aligner<'_, G> {
     /// One step over the step's conditions.
     fn step(&mut self, step: usize) -> Result<StepStats, StepError> {
-        let ad = self.s.autodiff(&self.device);
+        let ad = self.device.clone().autodiff();
         let Layout { k, c, .. } = self.layout;
         let own = self.layout.own();
         let mut t = Timings::default();

@@ -264,7 +264,7 @@ impl<'c> Task<'c> for T2iTask<'c> {
         .map_err(JobError::Reward)?;
         let layout = Layout::new(f.batch, f.conditions, comm.size(), comm.rank()).map_err(JobError::Layout)?;
         let settings = Settings::new(&cfg, Objective::Fav, t.sample_steps);
-        let ad = settings.autodiff(&self.device);
+        let ad = self.device.clone().autodiff();
         // Adapter initialisation draws from the device generator, seeded from the run seed.
         let seed = rand::Rng::random(&mut noise::rng(cfg.seed, Stream::Init, 13));
         let targets = Targets(
