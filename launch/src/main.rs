@@ -58,6 +58,9 @@ enum Command {
         /// Timed repetitions per measurement.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Untimed steps first (kernels compiled, memory pools grown).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
         /// Field size N = M.
         #[arg(long, default_value_t = 4096)]
         field_n: usize,
@@ -245,11 +248,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let job = Job { cfg: &cfg, out: &out, resume: &resume, world: &world, stop: &stop };
             world::each_rank(comm, ranks, &cfg, |c| train(&job, c))
         }
-        Command::Bench { config, overrides, runs, field_n, field_d, json, ranks } => {
+        Command::Bench { config, overrides, runs, warmup, field_n, field_d, json, ranks } => {
             let cfg = settings::load(config.as_deref(), &overrides)?;
             let (world, comm) = world::join(cfg.comm, cfg.device.is_cuda())?;
             world::each_rank(comm, ranks, &cfg, |c| {
-                bench(&cfg, c, world.device_index, runs, (field_n, field_d), json.as_deref())
+                bench(&cfg, c, world.device_index, (warmup, runs), (field_n, field_d), json.as_deref())
             })
         }
         Command::Tradeoff { runs, out } => {
@@ -475,14 +478,14 @@ fn bench(
     cfg: &fav_trainer::config::Config,
     comm: &dyn fav_comm::Collective,
     device_index: usize,
-    runs: usize,
+    (warmup, runs): (usize, usize),
     (field_n, field_d): (usize, usize),
     json: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
     use fav_trainer::bench;
     let device = cfg.burn_device(device_index);
     let threads = rayon::current_num_threads();
-    let step = bench::step(cfg, runs, &device, comm)?;
+    let step = bench::step(cfg, warmup, runs, &device, comm)?;
     if comm.rank() != 0 {
         return Ok(ExitCode::SUCCESS);
     }

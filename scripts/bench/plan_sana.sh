@@ -5,10 +5,12 @@
 # manifests scripts/fixtures/{sana,clip}.py wrote — an empty placeholder for the HPSv2 checkpoint
 # and a one-token prompt-embeddings file for the DrawBench prompts (the config check reads its
 # prompt list and channels; the plan counts 300 prompt tokens whatever the file holds) stand in
-# for the downloads. The device is set to cpu only because this build has
-# no CUDA; the estimate is per rank either way.
+# for the downloads. The device is set to cpu only because this build has no CUDA (the estimate
+# is per rank either way), with the precision CUDA runs at (`auto` there: bf16).
 #
 #     scripts/bench/plan_sana.sh [path/to/fav]
+#     PLAN_EXTRA="--set t2i.gradient_checkpointing=false --set t2i.decoder_checkpointing=false" \
+#       scripts/bench/plan_sana.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 fav=${1:-target/release/fav}
@@ -41,7 +43,7 @@ for run in "8" "64" "64 --set fav.batch=64"; do
   set -- $run
   ranks=$1; shift
   echo "== fav plan --ranks $ranks $*"
-  "$fav" plan examples/sana-sprint-1.6b-hpsv2.toml --ranks "$ranks" --ranks-here 8 "$@" \
-    --set device=\"cpu\" --set t2i.model=\"$d/sana\" --set t2i.embeddings=\"$d/embeddings.safetensors\" \
+  "$fav" plan examples/sana-sprint-1.6b-hpsv2.toml --ranks "$ranks" --ranks-here 8 "$@" ${PLAN_EXTRA:-} \
+    --set device=\"cpu\" --set t2i.precision=bf16 --set t2i.model=\"$d/sana\" --set t2i.embeddings=\"$d/embeddings.safetensors\" \
     --set reward.model=\"$d/HPS_v2_compressed.pt\" --set reward.model_config=\"$d/ViT-H-14.json\" || true
 done

@@ -37,5 +37,5 @@ for on in false true; do
     --set t2i.train_prompts=\"$d/train.txt\" --set t2i.eval_prompts=\"$d/eval.txt\" \
     --set t2i.eval_batch=2 --set t2i.grid=1 --set t2i.micro_batch=1 --set t2i.lora_rank=8 --set t2i.lora_alpha=8.0 \
     --set reward.model=\"$clip/open_clip_tiny.pt\" --set reward.model_config=\"$clip/open_clip_tiny.json\" \
-    --set t2i.gradient_checkpointing=$on 2>&1 | grep -E "Maximum resident|Elapsed \(wall"
+    --set t2i.gradient_checkpointing=$on --set t2i.decoder_checkpointing=$on 2>&1 | grep -E "Maximum resident|Elapsed \(wall"
 done

@@ -110,6 +110,7 @@ pub struct StepBench {
 /// task and trainer a run uses.
 pub fn step(
     cfg: &Config,
+    warmup: usize,
     runs: usize,
     device: &Device,
     comm: &dyn fav_comm::Collective,
@@ -121,10 +122,10 @@ pub fn step(
     task.start(comm)?;
     let trainer = task.trainer();
     let (mut k, mut parts, mut timed) = (0, Timings::default(), 0);
-    let step = time(3, runs, || {
+    let step = time(warmup, runs, || {
         comm.barrier().expect("barrier");
         let s = trainer.step(k).expect("step");
-        if k >= 3 {
+        if k >= warmup {
             parts.add(&s.timings);
             timed += 1;
         }

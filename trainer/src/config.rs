@@ -172,9 +172,24 @@ pub struct T2iConfig {
     pub grid: usize,
     /// Evaluation samples generated at once.
     pub micro_batch: usize,
-    /// Keep only each sampling step's and decoder block's input and recompute it in the
-    /// backward pass (memory for one more forward).
+    /// Keep only each sampling step's input and recompute the step (one transformer pass) in
+    /// the backward pass (memory for one more forward).
     pub gradient_checkpointing: bool,
+    /// The same for the DC-AE decoder, block by block.
+    pub decoder_checkpointing: bool,
+    /// The transformer's arithmetic: `bf16` as the reference trains (bf16 weights and products,
+    /// float32 adapters, norms and attention; the VAE and reward in float32), `f32`, or `auto`:
+    /// bf16 on CUDA, float32 on the CPU.
+    pub precision: Precision,
+}
+
+/// [`T2iConfig::precision`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Auto,
+    F32,
+    Bf16,
 }
 
 impl Default for T2iConfig {
@@ -195,6 +210,8 @@ impl Default for T2iConfig {
             grid: 4,
             micro_batch: 1,
             gradient_checkpointing: true,
+            decoder_checkpointing: true,
+            precision: Precision::Auto,
         }
     }
 }
@@ -601,6 +618,15 @@ impl Config {
         match self.device {
             DeviceKind::Cpu => burn::tensor::Device::flex(),
             DeviceKind::Cuda(i) => cuda_device(i.unwrap_or(index)),
+        }
+    }
+
+    /// Whether the t2i transformer runs in bf16 ([`T2iConfig::precision`] on this device).
+    pub fn t2i_bf16(&self) -> bool {
+        match self.t2i.precision {
+            Precision::Auto => self.device.is_cuda(),
+            Precision::F32 => false,
+            Precision::Bf16 => true,
         }
     }
 

@@ -12,7 +12,7 @@
 //! `<path>.lora_B.weight` `[out, r…]`), so diffusers and PEFT load them back.
 
 use burn::module::{Lora, Module, Param, ParamGroup, Reparameterization, Reparameterizer};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, FloatDType, Tensor};
 
 /// How the `A` factors start (`B` starts at zero either way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -116,7 +116,8 @@ impl Reparameterization for ConvLora {
         let [_, i, kh, kw] = self.a.dims();
         let delta = self.b.val().reshape([out, r]).matmul(self.a.val().reshape([r, i * kh * kw]));
         let shape = base.shape();
-        base + delta.mul_scalar(self.scale).reshape(shape)
+        // At the factors' dtype, as burn's linear adapter composes.
+        base.cast(FloatDType::from(delta.dtype())) + delta.mul_scalar(self.scale).reshape(shape)
     }
 }
 
@@ -153,9 +154,10 @@ impl Reparameterizer for ConvLoraizer {
 pub fn adapt<M: Module>(module: M, cfg: LoraConfig, targets: &Targets, seed: u64, device: &burn::tensor::Device) -> M {
     let weights = targets.weight_paths();
     device.seed(seed);
-    // burn's Lora adapts the 2-D weights of the group and freezes everything else.
-    let module =
-        module.apply_lora(Lora::new(cfg.rank, cfg.alpha).set_param_group(ParamGroup::from_paths(weights.clone())));
+    // burn's Lora adapts the 2-D weights of the group and freezes everything else. The factors
+    // are float32 whatever the base's dtype (a bf16 base trains float32 adapters, spec §11.1).
+    let lora = Lora::new(cfg.rank, cfg.alpha).set_param_group(ParamGroup::from_paths(weights.clone()));
+    let module = module.apply_lora(lora.set_dtype(FloatDType::F32));
     let module = module.apply_reparameterization(ConvLoraizer { cfg, targets: weights });
     match cfg.init {
         LoraInit::Gaussian => module,

@@ -249,7 +249,9 @@ mod t2i {
         let ac = sana::dc_ae::DecoderConfig::parse(&read(dir, "vae")?).map_err(|e| err("t2i.model", e))?;
         let dev = Device::flex();
         let transformer = SanaTransformer::new(&tc, &dev);
-        let params = count(&transformer) + count(&DcDecoder::new(&ac, &dev));
+        // In bf16 the transformer's weights take 2 bytes (all but a fraction of a percent of them).
+        let weight_bytes = if cfg.t2i_bf16() { 2.0 } else { F32 };
+        let params = count(&transformer) * weight_bytes / F32 + count(&DcDecoder::new(&ac, &dev));
         let targets = sana::lora::attention_targets(&transformer);
         let r = t.lora_rank as f64;
         let trainable: f64 = param_shapes(&transformer)
@@ -288,14 +290,20 @@ mod t2i {
         let decoder: f64 = (0..levels).map(|l| level(l).0 / 8.0 * (8.0 * ac.levels[l].blocks as f64 + up(l))).sum();
         let noise = (sana::generator::MAX_STEPS * latent.iter().product::<usize>()) as f64;
         let steps = t.sample_steps as f64;
-        let graph = if t.gradient_checkpointing {
-            // One link alive (a transformer pass or a decoder block) and every link's input.
-            let link = (0..levels).map(|l| level(l).0).fold(per_step, f64::max);
-            let inputs: f64 =
-                (0..levels).map(|l| level(l).1).sum::<f64>() + steps * latent.iter().product::<usize>() as f64;
-            link + inputs
-        } else {
+        let latent_n = latent.iter().product::<usize>() as f64;
+        let graph = if !t.gradient_checkpointing && !t.decoder_checkpointing {
             steps * per_step + decoder
+        } else {
+            // One link alive (a transformer pass or all of them, a decoder block or the whole
+            // decoder) and every link's input.
+            let (step_link, step_inputs) =
+                if t.gradient_checkpointing { (per_step, steps * latent_n) } else { (steps * per_step, latent_n) };
+            let (dec_link, dec_inputs) = if t.decoder_checkpointing {
+                ((0..levels).map(|l| level(l).0).fold(0.0, f64::max), (0..levels).map(|l| level(l).1).sum::<f64>())
+            } else {
+                (decoder, latent_n)
+            };
+            step_link.max(dec_link) + step_inputs + dec_inputs
         };
         let per_sample = graph + phi_acts + pixels + noise + d;
         let mut items = vec![Item {

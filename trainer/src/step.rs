@@ -208,7 +208,8 @@ impl Settings {
                 crate::config::NonFinite::Stop => 0,
                 crate::config::NonFinite::Skip => f.nonfinite_skips,
             },
-            checkpointing: cfg.task == crate::config::Task::T2i && cfg.t2i.gradient_checkpointing,
+            checkpointing: cfg.task == crate::config::Task::T2i
+                && (cfg.t2i.gradient_checkpointing || cfg.t2i.decoder_checkpointing),
             micro_batch: if cfg.task == crate::config::Task::T2i { cfg.t2i.micro_batch } else { 0 },
         }
     }

@@ -24,7 +24,7 @@ use std::rc::Rc;
 mod common;
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/clip").join(name)
+    common::crate_dir().join("tests/data/clip").join(name)
 }
 
 /// A fixture file's tensors as (shape, f32 values).

@@ -290,7 +290,7 @@ fn tolerance(v: &Value) -> Tol {
 
 #[test]
 fn golden_svgd_all_cases() {
-    let dev = Device::flex();
+    let dev = Device::default();
     let mut rep = Report::default();
     for (file, v) in files() {
         let tol = tolerance(&v);
@@ -321,7 +321,7 @@ fn golden_svgd_all_cases() {
 fn golden_toy_energy() {
     use fav_trainer::data::Condition;
     use fav_trainer::rewards::Reward;
-    let dev = Device::flex();
+    let dev = Device::default();
     let mut rep = Report::default();
     for (file, v) in files() {
         let tol = tolerance(&v);
@@ -378,8 +378,13 @@ fn missing_or_malformed_golden_file_fails_clearly() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.json");
     std::fs::write(&bad, "{\"cases\": [").unwrap();
+    // This file is also a module of `device.rs`, where the test's name has the module's prefix.
+    let test = match module_path!().split_once("::") {
+        Some((_, m)) => format!("{m}::golden_svgd_all_cases"),
+        None => "golden_svgd_all_cases".into(),
+    };
     let err = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["golden_svgd_all_cases", "--exact", "--nocapture"])
+        .args([test.as_str(), "--exact", "--nocapture"])
         .env("SVGD_GOLDEN", &bad)
         .output()
         .unwrap();
@@ -387,7 +392,7 @@ fn missing_or_malformed_golden_file_fails_clearly() {
     let text = String::from_utf8_lossy(&err.stdout).to_string() + &String::from_utf8_lossy(&err.stderr);
     assert!(text.contains("is not valid JSON") && text.contains("bad.json"), "{text}");
     let missing = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["golden_svgd_all_cases", "--exact", "--nocapture"])
+        .args([test.as_str(), "--exact", "--nocapture"])
         .env("SVGD_GOLDEN", dir.join("absent.json"))
         .output()
         .unwrap();

@@ -241,8 +241,11 @@ impl<'c> Task<'c> for T2iTask<'c> {
         let cfg = self.cfg.clone();
         let (f, t) = (&cfg.fav, &cfg.t2i);
         (self.prompts, self.n_train) = prompts(&cfg)?;
-        let base = SanaSprint::load(Path::new(&t.model), Path::new(&t.embeddings), t.guidance, &self.device)
+        let mut base = SanaSprint::load(Path::new(&t.model), Path::new(&t.embeddings), t.guidance, &self.device)
             .map_err(|e| JobError::Config(err("t2i.model", e)))?;
+        if cfg.t2i_bf16() {
+            base.transformer = base.transformer.into_bf16();
+        }
         base.setup
             .prompts
             .check_prompts(&self.prompts)
@@ -275,7 +278,7 @@ impl<'c> Task<'c> for T2iTask<'c> {
                 .collect(),
         );
         let net = lora::adapt(base.clone().to_device(&ad), self.lora(), &targets, seed, &self.device).train();
-        let net = net.with_recompute(t.gradient_checkpointing);
+        let net = net.with_recompute(t.gradient_checkpointing, t.decoder_checkpointing);
         let (seed, c, n_train) = (cfg.seed, f.conditions, self.n_train);
         let schedule = move |step| prompts_of_step(seed, step, c, n_train).into_iter().map(Condition::Prompt).collect();
         self.aligner = Some(Aligner {

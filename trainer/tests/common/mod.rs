@@ -14,3 +14,9 @@ pub fn manifest(path: &Path) -> (String, Vec<(String, Vec<usize>)>) {
         .collect();
     (m["config"].to_string(), tensors)
 }
+
+/// This crate's folder: `FAV_TRAINER_DIR` where the tests run from a copied tree (the GPU check,
+/// `scripts/gpu-check/run.sh`), else where it was built.
+pub fn crate_dir() -> std::path::PathBuf {
+    std::env::var_os("FAV_TRAINER_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}

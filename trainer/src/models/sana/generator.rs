@@ -35,9 +35,9 @@ pub struct Setup {
     pub latent: [usize; 3],
     /// Decoded image `[H, W]`.
     pub image: [usize; 2],
-    /// Gradient checkpointing: backpropagate step by step and decoder link by link, recomputing
-    /// each from its stored input ([`Generator::accumulate_grads`]).
-    pub recompute: bool,
+    /// Gradient checkpointing ([`Generator::accumulate_grads`]): backpropagate step by step
+    /// (`.0`) and decoder block by block (`.1`), recomputing each from its stored input.
+    pub recompute: (bool, bool),
 }
 
 /// The transformer and the DC-AE decoder, under the names of their diffusers folders.
@@ -66,14 +66,15 @@ impl SanaSprint {
             scaling_factor: ae.scaling_factor,
             latent: [cfg.in_channels, s, s],
             image: [s * up, s * up],
-            recompute: false,
+            recompute: (false, false),
         };
         Ok(Self { transformer, vae, setup: Arc::new(setup) })
     }
 
-    /// The same model, with gradient checkpointing on or off.
-    pub fn with_recompute(mut self, on: bool) -> Self {
-        Arc::make_mut(&mut self.setup).recompute = on;
+    /// The same model, with gradient checkpointing in the sampling steps and in the decoder on
+    /// or off.
+    pub fn with_recompute(mut self, steps: bool, decoder: bool) -> Self {
+        Arc::make_mut(&mut self.setup).recompute = (steps, decoder);
         self
     }
 
@@ -104,11 +105,12 @@ impl Generator for SanaSprint {
         images.reshape([n, ch * h * w])
     }
 
-    /// With `recompute`: a forward pass without a graph that keeps each sampling step's and
-    /// decoder link's input, then the backward pass link by link from the end — each link rerun
-    /// from its input with a graph, its input's cotangent carried to the link before, the
-    /// transformer steps' parameter gradients accumulated. At most one link's activations are
-    /// alive: one transformer pass, or one decoder block at the image's resolution.
+    /// With `recompute`: a forward pass without a graph that keeps each link's input, then the
+    /// backward pass link by link from the end — each link rerun from its input with a graph,
+    /// its input's cotangent carried to the link before, the transformer's parameter gradients
+    /// accumulated. A link is one sampling step (all of them as one link without checkpointing
+    /// in the steps) or one decoder block (the whole decoder without checkpointing there), so at
+    /// most one link's activations are alive.
     fn accumulate_grads(
         &self,
         noise: Tensor<2>,
@@ -118,7 +120,7 @@ impl Generator for SanaSprint {
         cotangent: &dyn Fn(Tensor<2>) -> Tensor<2>,
         acc: &mut GradientsAccumulator<Self>,
     ) {
-        if !self.setup.recompute {
+        if self.setup.recompute == (false, false) {
             return crate::models::whole_graph_grads(self, noise, cond, steps, grad_steps, cotangent, acc);
         }
         let (s, plain) = (&self.setup, self.valid());
@@ -133,8 +135,14 @@ impl Generator for SanaSprint {
             denoised = s.scm.denoise(&plain.transformer, x, ts[i], &prompts, s.guidance);
             x = s.scm.renoise(denoised.clone(), z.clone(), ts[i + 1]);
         }
+        let decoder = &plain.vae.decoder;
+        let links = if s.recompute.1 {
+            decoder.links()
+        } else {
+            vec![Box::new(move |z: Tensor<4>| decoder.forward(z)) as Box<dyn Fn(Tensor<4>) -> Tensor<4>>]
+        };
         let mut inputs = Vec::new();
-        let images = plain.vae.decoder.links().iter().fold(denoised.div_scalar(sd * s.scaling_factor), |h, link| {
+        let images = links.iter().fold(denoised.div_scalar(sd * s.scaling_factor), |h, link| {
             inputs.push(h.clone());
             link(h)
         });
@@ -146,13 +154,27 @@ impl Generator for SanaSprint {
             let grads = (f(a.clone()) * cot.autodiff()).sum().backward();
             (a.grad(&grads).expect("the input carries the graph"), grads)
         };
-        for (link, input) in self.vae.decoder.links().iter().zip(inputs).rev() {
+        for (link, input) in links.iter().zip(inputs).rev() {
             cot = vjp(link.as_ref(), input, cot).0;
         }
         // The decoder read denoised / (σ_d · scaling); a step's x₀ reaches the next state as
         // cos(t)·x₀, and the last x₀ is the output.
         let mut cot = cot.div_scalar(sd * s.scaling_factor);
         let first = grad_steps.map_or(0, |k| steps.saturating_sub(k));
+        if !s.recompute.0 {
+            // The differentiated steps as one link, from the state entering the first.
+            let sample = |x: Tensor<4>| {
+                let (mut x, mut d) = (x.clone(), x);
+                for i in first..steps {
+                    d = s.scm.denoise(&self.transformer, x, ts[i], &prompts, s.guidance);
+                    x = s.scm.renoise(d.clone(), step_noise[i].clone().autodiff(), ts[i + 1]);
+                }
+                d
+            };
+            let (_, grads) = vjp(&sample, states[first].clone(), cot);
+            acc.accumulate(self, GradientsParams::from_grads(grads, self));
+            return;
+        }
         for i in (first..steps).rev() {
             let step = |x: Tensor<4>| s.scm.denoise(&self.transformer, x, ts[i], &prompts, s.guidance);
             let (cot_x, grads) = vjp(&step, states[i].clone(), cot);

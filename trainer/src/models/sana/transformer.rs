@@ -1,16 +1,61 @@
 //! diffusers' `SanaTransformer2DModel`, as SANA-Sprint runs it: patch embedding, timestep (and
 //! guidance) embedding to adaLN-single modulation, caption projection and RMS norm, blocks of
-//! ReLU linear self-attention (computed in float32 — this port is float32 throughout), softmax
-//! cross-attention to the masked prompt tokens and the GLUMBConv Mix-FFN, then the modulated
-//! output norm, `proj_out` and unpatchify. Field names follow diffusers' so the name map is
-//! short; every size comes from [`TransformerConfig`].
+//! ReLU linear self-attention (computed in float32), softmax cross-attention to the masked prompt
+//! tokens and the GLUMBConv Mix-FFN, then the modulated output norm, `proj_out` and unpatchify.
+//! Field names follow diffusers' so the name map is short; every size comes from
+//! [`TransformerConfig`].
+//!
+//! Float32 throughout, or with [`SanaTransformer::into_bf16`] as the reference trains it (bf16
+//! autocast, spec §11.1): the weights of the linear layers and 1×1 convolutions — all but a
+//! fraction of a percent of the parameters — are held in bfloat16 and every product with them
+//! takes bf16 inputs; norms, both attentions, softmax and the residual stream stay float32 (where
+//! autocast would also run the attention products in bf16: this is the more accurate side).
 
 use super::config::TransformerConfig;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{gelu_approximate, relu, silu, softmax};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
+
+/// Where the products with the weights run: float32, or bf16 in and float32 out.
+#[derive(Clone, Copy, Debug)]
+struct Mm {
+    bf16: bool,
+}
+
+impl Mm {
+    fn cast<const D: usize>(self, t: Tensor<D>) -> Tensor<D> {
+        if self.bf16 {
+            t.cast(FloatDType::BF16)
+        } else {
+            t
+        }
+    }
+
+    fn widen<const D: usize>(self, t: Tensor<D>) -> Tensor<D> {
+        if self.bf16 {
+            t.cast(FloatDType::F32)
+        } else {
+            t
+        }
+    }
+
+    /// `l(x)`; in bf16 the input, weight and bias are cast as autocast casts them. The weight's
+    /// cast is free for a bf16 base and rounds an adapted one (`base + ΔW`, float32 as its
+    /// factors are) once per call.
+    fn linear<const D: usize>(self, l: &Linear, x: Tensor<D>) -> Tensor<D> {
+        if !self.bf16 {
+            return l.forward(x);
+        }
+        let bias = l.bias.as_ref().map(|b| self.cast(b.val()));
+        self.widen(burn::tensor::module::linear(self.cast(x), self.cast(l.weight.val()), bias))
+    }
+
+    fn matmul(self, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+        self.widen(self.cast(a).matmul(self.cast(b)))
+    }
+}
 
 /// `linear_2(silu(linear_1(x)))`.
 #[derive(Module, Debug)]
@@ -47,13 +92,13 @@ pub struct TimeEmbed {
 
 impl TimeEmbed {
     /// `(6·dim modulation, dim embedding)` of timesteps and guidance.
-    fn forward(&self, t: &[f32], guidance: Option<&[f32]>, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        let mlp = |m: &Mlp2, x: Tensor<2>| m.linear_2.forward(silu(m.linear_1.forward(x)));
+    fn forward(&self, t: &[f32], guidance: Option<&[f32]>, mm: Mm, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let mlp = |m: &Mlp2, x: Tensor<2>| mm.linear(&m.linear_2, silu(mm.linear(&m.linear_1, x)));
         let mut cond = mlp(&self.timestep_embedder, timestep_features(t, device));
         if let (Some(g), Some(emb)) = (guidance, &self.guidance_embedder) {
             cond = cond + mlp(emb, timestep_features(g, device));
         }
-        (self.linear.forward(silu(cond.clone())), cond)
+        (mm.linear(&self.linear, silu(cond.clone())), cond)
     }
 }
 
@@ -85,10 +130,10 @@ impl Attention {
         }
     }
 
-    fn qkv(&self, x: Tensor<3>, ctx: Tensor<3>) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
-        let mut q = self.to_q.forward(x);
-        let mut k = self.to_k.forward(ctx.clone());
-        let v = self.to_v.forward(ctx);
+    fn qkv(&self, x: Tensor<3>, ctx: Tensor<3>, mm: Mm) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+        let mut q = mm.linear(&self.to_q, x);
+        let mut k = mm.linear(&self.to_k, ctx.clone());
+        let v = mm.linear(&self.to_v, ctx);
         if let Some(n) = &self.norm_q {
             q = n.forward(q);
         }
@@ -101,9 +146,9 @@ impl Attention {
     /// ReLU linear attention (SANA): `out_i = Σ_j (φq_i·φk_j) v_j / Σ_j φq_i·φk_j`, `φ = relu`,
     /// computed as diffusers does: `(V⁺ Kᵀ) Q` with `V⁺` = V plus a row of ones (the
     /// denominator), then the division by that row + 1e-15.
-    fn linear(&self, x: Tensor<3>) -> Tensor<3> {
+    fn linear(&self, x: Tensor<3>, mm: Mm) -> Tensor<3> {
         let [b, n, _] = x.dims();
-        let (q, k, v) = self.qkv(x.clone(), x);
+        let (q, k, v) = self.qkv(x.clone(), x, mm);
         let inner = q.dims()[2];
         let d = inner / self.heads;
         // [b, n, inner] → [b, h, d, n]
@@ -115,22 +160,22 @@ impl Attention {
         let num = h.clone().narrow(2, 0, d);
         let den = h.narrow(2, d, 1).add_scalar(1e-15);
         let out = (num / den).reshape([b, inner, n]).swap_dims(1, 2);
-        self.to_out.forward(out)
+        mm.linear(&self.to_out, out)
     }
 
     /// Softmax cross-attention of `x` to `ctx`; `bias` `[b, 1, 1, m]` is 0 for a prompt token and
     /// −10 000 for padding (diffusers' mask bias).
-    fn cross(&self, x: Tensor<3>, ctx: Tensor<3>, bias: &Tensor<4>) -> Tensor<3> {
+    fn cross(&self, x: Tensor<3>, ctx: Tensor<3>, bias: &Tensor<4>, mm: Mm) -> Tensor<3> {
         let [b, n, _] = x.dims();
         let m = ctx.dims()[1];
-        let (q, k, v) = self.qkv(x, ctx);
+        let (q, k, v) = self.qkv(x, ctx, mm);
         let inner = q.dims()[2];
         let d = inner / self.heads;
         let heads = |t: Tensor<3>, l: usize| t.reshape([b, l, self.heads, d]).swap_dims(1, 2);
         let (q, k, v) = (heads(q, n), heads(k, m), heads(v, m));
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt()) + bias.clone();
         let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, inner]);
-        self.to_out.forward(out)
+        mm.linear(&self.to_out, out)
     }
 }
 
@@ -165,12 +210,12 @@ impl GluMbConv {
     /// The same on tokens `[b, h·w, dim]` (the transformer's layout), channels last: the 1×1
     /// convolutions as matmuls and the depth-wise 3×3 one as nine shifted products — the same
     /// sums as [`GluMbConv::forward`] without moving the tokens to NCHW and back.
-    fn forward_tokens(&self, x: Tensor<3>, hw: [usize; 2]) -> Tensor<3> {
+    fn forward_tokens(&self, x: Tensor<3>, hw: [usize; 2], mm: Mm) -> Tensor<3> {
         let [b, n, dim] = x.dims();
         let [h, w] = hw;
         let w_in = self.conv_inverted.weight.val();
         let c2 = w_in.dims()[0];
-        let mut y = x.reshape([b * n, dim]).matmul(w_in.reshape([c2, dim]).transpose());
+        let mut y = mm.matmul(x.reshape([b * n, dim]), w_in.reshape([c2, dim]).transpose());
         if let Some(bias) = &self.conv_inverted.bias {
             y = y + bias.val().unsqueeze::<2>();
         }
@@ -194,7 +239,7 @@ impl GluMbConv {
         let c = c2 / 2;
         let gated = d.clone().narrow(3, 0, c) * silu(d.narrow(3, c, c));
         let w_pt = self.conv_point.weight.val();
-        let out = gated.reshape([b * n, c]).matmul(w_pt.reshape([dim, c]).transpose());
+        let out = mm.matmul(gated.reshape([b * n, c]), w_pt.reshape([dim, c]).transpose());
         out.reshape([b, n, dim])
     }
 }
@@ -236,6 +281,7 @@ impl Block {
         bias: &Tensor<4>,
         modulation: &Tensor<2>,
         hw: [usize; 2],
+        mm: Mm,
     ) -> Tensor<3> {
         let [b, _, dim] = x.dims();
         let m = self.scale_shift_table.val().unsqueeze::<3>() + modulation.clone().reshape([b, 6, dim]);
@@ -243,10 +289,10 @@ impl Block {
         let (shift_msa, scale_msa, gate_msa) = (part(0), part(1), part(2));
         let (shift_mlp, scale_mlp, gate_mlp) = (part(3), part(4), part(5));
         let y = layer_norm(x.clone(), self.eps) * scale_msa.add_scalar(1.0) + shift_msa;
-        let x = x + gate_msa * self.attn1.linear(y);
-        let x = x.clone() + self.attn2.cross(x, ctx, bias);
+        let x = x + gate_msa * self.attn1.linear(y, mm);
+        let x = x.clone() + self.attn2.cross(x, ctx, bias, mm);
         let y = layer_norm(x.clone(), self.eps) * scale_mlp.add_scalar(1.0) + shift_mlp;
-        x + gate_mlp * self.ff.forward_tokens(y, hw)
+        x + gate_mlp * self.ff.forward_tokens(y, hw, mm)
     }
 }
 
@@ -273,6 +319,8 @@ pub struct SanaTransformer {
     pub proj_out: Linear,
     pub patch_size: usize,
     pub out_channels: usize,
+    /// The products with the weights in bf16 ([`SanaTransformer::into_bf16`]).
+    pub bf16: bool,
 }
 
 /// One forward's conditioning: the prompt tokens, their mask, the (TrigFlow-derived) timestep and
@@ -309,7 +357,38 @@ impl SanaTransformer {
             proj_out: LinearConfig::new(dim, p * p * c.out_channels).init(device),
             patch_size: p,
             out_channels: c.out_channels,
+            bf16: false,
         }
+    }
+
+    /// The model as the reference trains it (bf16 autocast, spec §11.1): the weights of the
+    /// linear layers and 1×1 convolutions held in bfloat16 (half the memory) and every product
+    /// with them in bf16; the rest float32. Adapters attached afterwards keep float32 factors.
+    pub fn into_bf16(self) -> Self {
+        struct Cast(Vec<String>);
+        impl burn::module::ModuleMapper for Cast {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.0.push(name.to_string());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.0.pop();
+            }
+            fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                // Exactly the weights `Mm` multiplies with: linear weights (2-D `weight`) and the
+                // Mix-FFN's two pointwise kernels; not the patch embedding or depth-wise taps.
+                let path = self.0.join(".");
+                let product = path.ends_with(".weight")
+                    && (D == 2 || path.ends_with("conv_inverted.weight") || path.ends_with("conv_point.weight"));
+                if product {
+                    p.map(|t| t.cast(FloatDType::BF16))
+                } else {
+                    p
+                }
+            }
+        }
+        let mut model = self.map(&mut Cast(Vec::new()));
+        model.bf16 = true;
+        model
     }
 
     /// The model output for latents `x` `[b, C, H, W]` (diffusers' `.sample`).
@@ -321,18 +400,20 @@ impl SanaTransformer {
         let x = self.patch_embed.proj.forward(x);
         let dim = x.dims()[1];
         let mut x = x.reshape([b, dim, gh * gw]).swap_dims(1, 2);
-        let (modulation, embedded) = self.time_embed.forward(cond.timestep, cond.guidance, &device);
+        let mm = Mm { bf16: self.bf16 };
+        let (modulation, embedded) = self.time_embed.forward(cond.timestep, cond.guidance, mm, &device);
         let c = &self.caption_projection;
-        let ctx = self.caption_norm.forward(c.linear_2.forward(gelu_approximate(c.linear_1.forward(cond.ctx.clone()))));
+        let ctx = mm.linear(&c.linear_2, gelu_approximate(mm.linear(&c.linear_1, cond.ctx.clone())));
+        let ctx = self.caption_norm.forward(ctx);
         let m = cond.mask.dims()[1];
         let bias = (cond.mask.clone().neg().add_scalar(1.0)).mul_scalar(-10000.0).reshape([b, 1, 1, m]);
         for block in &self.transformer_blocks {
-            x = block.forward(x, ctx.clone(), &bias, &modulation, [gh, gw]);
+            x = block.forward(x, ctx.clone(), &bias, &modulation, [gh, gw], mm);
         }
         let t = self.scale_shift_table.val().unsqueeze::<3>() + embedded.unsqueeze_dim::<3>(1);
         let (shift, scale) = (t.clone().narrow(1, 0, 1), t.narrow(1, 1, 1));
         let x = layer_norm(x, 1e-6) * scale.add_scalar(1.0) + shift;
-        let x = self.proj_out.forward(x); // [b, gh·gw, p·p·C]
+        let x = mm.linear(&self.proj_out, x); // [b, gh·gw, p·p·C]
         let c_out = self.out_channels;
         x.reshape([b, gh, gw, p, p, c_out]).permute([0, 5, 1, 3, 2, 4]).reshape([b, c_out, gh * p, gw * p])
     }
