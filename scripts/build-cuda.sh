@@ -21,6 +21,10 @@ need=()
 for p in "llvm-$LLVM-dev" "libpolly-$LLVM-dev" libzstd-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+# NCCL ranks are bootstrapped over MPI: the `nccl` (and `mpi`) builds link OpenMPI through bindgen.
+if [[ " $* " == *" nccl "* || " $* " == *" mpi "* ]]; then
+  for p in libopenmpi-dev libclang-dev clang; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${need[*]}"

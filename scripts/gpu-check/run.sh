@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The GPU check, run on a GPU machine from the repository root with what prepare.sh made here
 # (target/gpu-check: the `cuda` fav binary and test binary, compressed, the golden file and the
-# Python wheels the PyTorch side lacks there). It builds nothing. In one call, under a deadline:
+# Python packages the PyTorch side lacks there). It builds nothing. In one call, under a deadline:
 #   1. the golden vectors and the SANA-Sprint fixtures on the GPU (the `device` test binary);
 #   2. the tiny t2i FAV step: `fav bench` on the GPU against the same step in diffusers/PyTorch;
-#   3. a short toy job on the GPU against the same job on the CPU (same base, final weights);
-#   4. the step of a SANA-Sprint 0.6B-shaped model (random weights, 1024² latents, K particles of
-#      one prompt) in fav and in PyTorch, with and without gradient checkpointing: time, images/s
-#      and peak GPU memory.
+#   3. the step of a SANA-Sprint 0.6B-shaped model (random weights, 1024² latents, K particles of
+#      one prompt) in fav and in PyTorch, with gradient checkpointing: time, images/s and peak
+#      GPU memory;
+#   4. a short toy job on the GPU against the same job on the CPU (same base, final weights);
+#   5. the 0.6B step again without checkpointing (peak memory).
 # Everything lands as JSON under $OUT (gpu-check.json sums it up) with each part's log.
 #
-#   run(command="bash scripts/gpu-check/run.sh", carry=["target/gpu-check"], timeout_s=560)
+#   run(command="FAV_CHECK_DEADLINE=480 bash scripts/gpu-check/run.sh", carry=["target/gpu-check"],
+#       timeout_s=560)
 #
 # FAV_CHECK_DEVICE=cpu runs the same binaries on the CPU (BURN_DEVICE=flex): a dry run on any
 # machine. FAV_CHECK_DEADLINE (seconds, default 500) bounds the whole; a part that would pass it
@@ -77,8 +79,7 @@ with_memory() {
 note "unpacking"
 for b in fav device; do xz -dc "$G/$b.xz" >"$W/$b" && chmod +x "$W/$b"; done
 xz -dc "$G/svgd_golden.json.xz" >"$W/svgd_golden.json"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$W/site" \
-  "$G"/wheels/*.whl >"$OUT/pip.log" 2>&1 || note "pip install of the carried wheels failed (pip.log)"
+mkdir -p "$W/site" && tar -C "$W/site" -xJf "$G/python.tar.xz"
 export PYTHONPATH=$W/site${PYTHONPATH:+:$PYTHONPATH}
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
@@ -100,19 +101,39 @@ clip=$root/trainer/tests/data/clip
 tiny=(examples/sana-sprint-tiny.toml --set device=\"$fav_dev\")
 
 # 1. Golden vectors (the shared file, then this crate's stress cases) and the SANA fixtures.
-FAV_TRAINER_DIR=$root/trainer SVGD_GOLDEN=$W/svgd_golden.json part tests 150 "$W/device" --test-threads 1
+FAV_TRAINER_DIR=$root/trainer SVGD_GOLDEN=$W/svgd_golden.json part tests 120 "$W/device" --test-threads 1
 FAV_TRAINER_DIR=$root/trainer SVGD_GOLDEN=$root/trainer/tests/data/svgd_stress.json \
-  part tests-stress 90 "$W/device" --test-threads 1 golden::
+  part tests-stress 60 "$W/device" --test-threads 1 golden::
 
 # 2. The tiny t2i step: fav (its JSON) against PyTorch (one JSON line), K = 4, one pass.
 part tiny-fav 60 with_memory tiny-fav fav bench "${tiny[@]}" --set fav.conditions=1 --set t2i.micro_batch=4 \
   --runs 10 --field-n 256 --field-d 64 --json "$OUT/tiny-fav.json"
-part tiny-torch 60 with_memory tiny-torch python3 scripts/gpu-check/torch_step.py --device "$dev" \
+part tiny-torch 45 with_memory tiny-torch python3 scripts/gpu-check/torch_step.py --device "$dev" \
   --pipeline examples/tiny-t2i/pipeline --embeddings examples/tiny-t2i/embeddings.safetensors \
   --clip-pt "$clip/open_clip_tiny.pt" --clip-json "$clip/open_clip_tiny.json" --k 4 --micro 4 \
   --rank 4 --alpha 4 --beta 100 --runs 10 --warmup 3 --bf16 $([ "$dev" = cuda ] && echo 1 || echo 0) --ckpt 0
 
-# 3. The toy job: a short pretraining on the CPU (cached), then the same 20 steps on the CPU and
+# 3. SANA-Sprint 0.6B-shaped, 1024² latents: K particles of one prompt, micro-batch 1 (spec
+# §11.1), tiny reward tower; with checkpointing (time and memory), then the toy job, then without
+# checkpointing (memory) — in this order so the deadline cuts the least needed first.
+big=$W/sana06
+part make-0.6b 90 python3 scripts/gpu-check/make_pipeline.py "$big" --model 0.6b --sample-size "${FAV_CHECK_SIZE:-32}"
+big_step() {
+  local ckpt=$1 fav_max=$2 torch_max=$3
+  part "0.6b-fav-ckpt-$ckpt" "$fav_max" with_memory "0.6b-fav-ckpt-$ckpt" fav bench "${tiny[@]}" \
+    --set fav.batch=$K --set fav.conditions=1 --set t2i.micro_batch=1 --set t2i.gradient_checkpointing=$ckpt \
+    --set t2i.decoder_checkpointing=$ckpt --set t2i.lora_rank=32 --set t2i.lora_alpha=32.0 \
+    --set t2i.model=\"$big/pipeline\" --set t2i.embeddings=\"$big/embeddings.safetensors\" \
+    --set t2i.train_prompts=\"$big/train.txt\" --set t2i.eval_prompts=\"$big/eval.txt\" --warmup 1 --runs 2 \
+    --field-n 256 --field-d 64 --json "$OUT/0.6b-fav-ckpt-$ckpt.json"
+  part "0.6b-torch-ckpt-$ckpt" "$torch_max" with_memory "0.6b-torch-ckpt-$ckpt" python3 scripts/gpu-check/torch_step.py \
+    --device "$dev" --pipeline "$big/pipeline" --embeddings "$big/embeddings.safetensors" \
+    --clip-pt "$clip/open_clip_tiny.pt" --clip-json "$clip/open_clip_tiny.json" --k "$K" --micro 1 \
+    --runs 2 --warmup 1 --bf16 $([ "$dev" = cuda ] && echo 1 || echo 0) --ckpt $([ "$ckpt" = true ] && echo 1 || echo 0)
+}
+big_step true 120 60
+
+# 4. The toy job: a short pretraining on the CPU (cached), then the same 20 steps on the CPU and
 # on the device from that base; final weights compared.
 toy_run() {
   local toy=(--set steps=20 --set pretrain.steps=300 --set eval.every=20 --set checkpoint.every=0
@@ -126,22 +147,7 @@ export -f toy_run
 export fav_dev
 part toy 90 toy_run
 
-# 4. SANA-Sprint 0.6B-shaped, 1024² latents: K particles of one prompt, micro-batch 1 (spec
-# §11.1), tiny reward tower; checkpointing on, then off.
-big=$W/sana06
-part make-0.6b 90 python3 scripts/gpu-check/make_pipeline.py "$big" --model 0.6b --sample-size "${FAV_CHECK_SIZE:-32}"
-for ckpt in true false; do
-  part "0.6b-fav-ckpt-$ckpt" 75 with_memory "0.6b-fav-ckpt-$ckpt" fav bench "${tiny[@]}" \
-    --set fav.batch=$K --set fav.conditions=1 --set t2i.micro_batch=1 --set t2i.gradient_checkpointing=$ckpt --set t2i.decoder_checkpointing=$ckpt \
-    --set t2i.lora_rank=32 --set t2i.lora_alpha=32.0 --set t2i.model=\"$big/pipeline\" \
-    --set t2i.embeddings=\"$big/embeddings.safetensors\" --set t2i.train_prompts=\"$big/train.txt\" \
-    --set t2i.eval_prompts=\"$big/eval.txt\" --warmup 1 --runs 2 --field-n 256 --field-d 64 \
-    --json "$OUT/0.6b-fav-ckpt-$ckpt.json"
-  part "0.6b-torch-ckpt-$ckpt" 60 with_memory "0.6b-torch-ckpt-$ckpt" python3 scripts/gpu-check/torch_step.py \
-    --device "$dev" --pipeline "$big/pipeline" --embeddings "$big/embeddings.safetensors" \
-    --clip-pt "$clip/open_clip_tiny.pt" --clip-json "$clip/open_clip_tiny.json" --k "$K" --micro 1 \
-    --runs 2 --warmup 1 --bf16 $([ "$dev" = cuda ] && echo 1 || echo 0) --ckpt $([ $ckpt = true ] && echo 1 || echo 0)
-done
+big_step false 90 45
 
 python3 scripts/gpu-check/summary.py "$OUT" | tee "$OUT/summary.txt"
 note "done"
