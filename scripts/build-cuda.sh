@@ -21,6 +21,8 @@ need=()
 for p in "llvm-$LLVM-dev" "libpolly-$LLVM-dev" libzstd-dev; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+command -v xz >/dev/null || need+=(xz-utils)
+command -v strip >/dev/null || need+=(binutils)
 # NCCL ranks are bootstrapped over MPI: the `nccl` (and `mpi`) builds link OpenMPI through bindgen.
 if [[ " $* " == *" nccl "* || " $* " == *" mpi "* ]]; then
   for p in libopenmpi-dev libclang-dev clang; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
