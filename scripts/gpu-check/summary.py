@@ -17,8 +17,7 @@ out = Path(sys.argv[1])
 def read_json(name):
     p = out / name
     try:
-        text = p.read_text().strip()
-        return json.loads(text.splitlines()[-1] if text.startswith("{") and "\n{" in text else text)
+        return json.loads(p.read_text())
     except (OSError, ValueError):
         return None
 

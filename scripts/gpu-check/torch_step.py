@@ -22,6 +22,7 @@ memory allocated and reserved (bytes), images per second (generated + reference)
 
 import argparse
 import json
+import math
 import statistics
 import time
 
@@ -120,17 +121,16 @@ def sample(noise, adapters):
     g = torch.full((n,), guidance, device=dev)
     for i in range(a.steps):
         s = ts[i]
-        u = torch.tensor(s).sin() / (torch.tensor(s).cos() + torch.tensor(s).sin())
-        norm = (u * u + (1 - u) ** 2).sqrt().item()
-        u = u.item()
+        u = math.sin(s) / (math.cos(s) + math.sin(s))
+        norm = math.sqrt(u * u + (1 - u) ** 2)
         inp = x * (norm / sd)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(a.bf16)):
             out = transformer(inp, encoder_hidden_states=c, encoder_attention_mask=m, guidance=g,
                               timestep=torch.full((n,), u, device=dev)).sample
         f = (inp * (1 - 2 * u) + out.float() * (1 - 2 * u + 2 * u * u)) * (sd / norm)
-        denoised = x * torch.tensor(s).cos().item() - f * torch.tensor(s).sin().item()
+        denoised = x * math.cos(s) - f * math.sin(s)
         t = ts[i + 1]
-        x = denoised * torch.tensor(t).cos().item() + noise[:, min(i + 1, a.steps - 1)] * (torch.tensor(t).sin().item() * sd)
+        x = denoised * math.cos(t) + noise[:, min(i + 1, a.steps - 1)] * (math.sin(t) * sd)
     img = vae.decode(denoised / sd / vae.config.scaling_factor).sample
     img = (img / 2 + 0.5).clamp(0, 1)
     img = F.interpolate(img, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
