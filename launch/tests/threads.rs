@@ -1,7 +1,7 @@
 //! `fav train --ranks N`: data-parallel ranks as threads of one process. The same global batch
-//! on 1, 2 and 4 thread ranks gives the same weights (as over MPI), a run repeats to the bit, a
-//! signal stops every rank with a checkpoint that resumes exactly, and a bad layout is an error,
-//! not a hang.
+//! on 1, 2 and 4 thread ranks gives the same weights (as over MPI), a run repeats to the bit
+//! whatever the number of threads per rank, a signal stops every rank with a checkpoint that
+//! resumes exactly, and a bad layout is an error, not a hang.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,6 +42,13 @@ fn thread_ranks_give_the_weights_of_one_rank_and_repeat_exactly() {
     ok(train(&d, &again, 2, &job).output().unwrap());
     let bytes = |dir: &Path| std::fs::read(dir.join("final.safetensors")).unwrap();
     assert!(bytes(&again) == bytes(&d.join("ranks2")), "two runs on 2 thread ranks differ");
+    // One rank uses every core (matrix products, SiLU, field rows) and its weights do not depend
+    // on how many: the threads split output tiles and rows, never a sum.
+    for threads in ["1", "3"] {
+        let out = d.join(format!("ranks1-threads{threads}"));
+        ok(train(&d, &out, 1, &job).env("RAYON_NUM_THREADS", threads).output().unwrap());
+        assert!(bytes(&out) == bytes(&d.join("ranks1")), "one rank on {threads} thread(s) differs from the default");
+    }
 }
 
 #[test]

@@ -8,9 +8,11 @@
 //!
 //! It talks to other processes only through `fav_comm::Collective`.
 
+pub mod activation;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod lora;

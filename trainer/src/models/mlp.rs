@@ -1,12 +1,10 @@
 //! The toy networks of spec §10.6: Linear layers with SiLU between them (width 256), as free
 //! functions over the layer list so every toy model keeps its plain `layers.N.*` names.
 
+use crate::activation::silu;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{
-    activation::{sigmoid, silu},
-    Device, Tensor,
-};
+use burn::tensor::{activation::sigmoid, Device, Tensor};
 
 /// Fresh layers for `dims = [in, hidden…, out]`.
 pub fn linears(dims: &[usize], device: &Device) -> Vec<Linear> {

@@ -5,6 +5,7 @@
 //! carries what a sample is, not only how it scores.
 
 use super::{FeatureMap, ImageReward, Reward};
+use crate::activation::silu;
 use crate::data::shapes::{self, images, CLASSES};
 use crate::data::Condition;
 use crate::models::image::downsampling_convs;
@@ -14,7 +15,7 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
 use std::ops::ControlFlow;

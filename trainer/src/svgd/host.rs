@@ -7,23 +7,8 @@
 //! this path and the tensor path against the same vectors.
 
 use super::config::{FieldConfig, KdeClamp, Z_CLAMP};
+use crate::cpu::{dispatch, exp_neg};
 use rayon::prelude::*;
-
-/// `exp(x)` for `x ≤ 0` in f32 with ~2e-7 relative error, written branch-free so the column
-/// loops vectorise (libm's `expf` does not). Inputs below −87 give ~1e-38 instead of 0.
-#[inline(always)]
-fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
-    let x = x.max(-87.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    // exp(r) on |r| ≤ ln2/2: Taylor to r⁶ (truncation < 2e-8 relative there).
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
-}
 
 /// Column-major copy (`d` rows of `n` values) so each coordinate is contiguous.
 fn transpose(a: &[f32], d: usize) -> Vec<f32> {
@@ -96,28 +81,6 @@ fn weighted_diff(k: &[f32], col: &[f32], x: f32) -> f64 {
 /// Rows per rayon task: enough work per task to amortise scheduling.
 const ROWS_PER_TASK: usize = 16;
 
-/// Compile `$task` (an `#[inline(always)]` function) a second time with AVX2 enabled and pick
-/// the widest version the CPU has at run time. The source fixes every operation's order, so
-/// both versions give the same bits; only the vector width differs.
-macro_rules! dispatch {
-    ($name:ident, $avx2:ident, $task:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn $avx2($($arg: $ty),*) {
-            $task($($arg),*)
-        }
-
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, checked just above.
-                return unsafe { $avx2($($arg),*) };
-            }
-            $task($($arg),*)
-        }
-    };
-}
-
 /// KDE rows `first..first + z_rows.len()` of §2.3 / §2.4 into `p_rows` and `z_rows`.
 #[inline(always)]
 fn kde_task(x: &[f32], yt: &[f32], d: usize, cfg: &FieldConfig, first: usize, p_rows: &mut [f32], z_rows: &mut [f32]) {
@@ -143,18 +106,50 @@ fn kde_task(x: &[f32], yt: &[f32], d: usize, cfg: &FieldConfig, first: usize, p_
                 num[c] += (2.0 / tau) * toward[c];
             }
         }
-        for c in 0..d {
-            p[c] = match cfg.kde_clamp {
-                KdeClamp::Image => num[c] / z_sum.max(Z_CLAMP),
-                KdeClamp::Toy => FieldConfig::toy_prior(cfg.temps_kde[0], toward[c], z_sum, xi[c] as f64),
-            } as f32;
-        }
+        prior_row(cfg, xi, &num, &toward, z_sum, p);
         *z_slot = z_sum as f32;
     }
 }
 
-dispatch!(kde_rows, kde_rows_avx2, kde_task,
+/// §2.3 / §2.4 of one row from its kernel sums (over every temperature: `num`, `z_sum`; the
+/// last temperature's: `toward`).
+#[inline(always)]
+fn prior_row(cfg: &FieldConfig, xi: &[f32], num: &[f64], toward: &[f64], z_sum: f64, p: &mut [f32]) {
+    for c in 0..p.len() {
+        p[c] = match cfg.kde_clamp {
+            KdeClamp::Image => num[c] / z_sum.max(Z_CLAMP),
+            KdeClamp::Toy => FieldConfig::toy_prior(cfg.temps_kde[0], toward[c], z_sum, xi[c] as f64),
+        } as f32;
+    }
+}
+
+dispatch!(kde_rows_passes, kde_task,
     (x: &[f32], yt: &[f32], d: usize, cfg: &FieldConfig, first: usize, p_rows: &mut [f32], z_rows: &mut [f32]));
+
+/// KDE rows: the fused AVX2 kernel at D ≤ 4 where the CPU has it, else the passes.
+fn kde_rows(x: &[f32], yt: &[f32], d: usize, cfg: &FieldConfig, first: usize, p_rows: &mut [f32], z_rows: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if (1..=4).contains(&d) && std::arch::is_x86_feature_detected!("avx2") {
+        macro_rules! at {
+            ($d:literal) => {
+                if avx2::wide() {
+                    // SAFETY: the CPU has AVX2, AVX-512F and AVX-512VL, checked above.
+                    unsafe { avx2::kde_wide::<$d>(x, yt, cfg, first, p_rows, z_rows) }
+                } else {
+                    // SAFETY: the CPU has AVX2, checked above.
+                    unsafe { avx2::kde::<$d>(x, yt, cfg, first, p_rows, z_rows) }
+                }
+            };
+        }
+        return match d {
+            1 => at!(1),
+            2 => at!(2),
+            3 => at!(3),
+            _ => at!(4),
+        };
+    }
+    kde_rows_passes(x, yt, d, cfg, first, p_rows, z_rows)
+}
 
 /// §2.3 / §2.4 on host slices (row-major `n × d`): returns `(prior, total, normalizer)`.
 pub fn total_score(x: &[f32], y: &[f32], g: &[f32], d: usize, cfg: &FieldConfig) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -217,7 +212,35 @@ fn stein_task(inp: &SteinInputs, first: usize, dr_rows: &mut [f32], rp_rows: &mu
     }
 }
 
-dispatch!(stein_rows, stein_rows_avx2, stein_task, (inp: &SteinInputs, first: usize, dr_rows: &mut [f32], rp_rows: &mut [f32]));
+dispatch!(stein_rows_passes, stein_task, (inp: &SteinInputs, first: usize, dr_rows: &mut [f32], rp_rows: &mut [f32]));
+
+/// Stein rows: the fused AVX2 kernel at one temperature and D ≤ 4 where the CPU has it (with
+/// several temperatures the driving sum is over their summed kernels), else the passes.
+fn stein_rows(inp: &SteinInputs, first: usize, dr_rows: &mut [f32], rp_rows: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (&[t], true) =
+        (&inp.cfg.temps_stein[..], (1..=4).contains(&inp.d) && std::arch::is_x86_feature_detected!("avx2"))
+    {
+        macro_rules! at {
+            ($d:literal) => {
+                if avx2::wide() {
+                    // SAFETY: the CPU has AVX2, AVX-512F and AVX-512VL, checked above.
+                    unsafe { avx2::stein_wide::<$d>(inp, t, first, dr_rows, rp_rows) }
+                } else {
+                    // SAFETY: the CPU has AVX2, checked above.
+                    unsafe { avx2::stein::<$d>(inp, t, first, dr_rows, rp_rows) }
+                }
+            };
+        }
+        return match inp.d {
+            1 => at!(1),
+            2 => at!(2),
+            3 => at!(3),
+            _ => at!(4),
+        };
+    }
+    stein_rows_passes(inp, first, dr_rows, rp_rows)
+}
 
 /// §3.2–§3.5 on host slices: returns `(driving, repulsive)` for the rows `x_rows` against the
 /// gathered `x_all` and `u_all`.
@@ -241,20 +264,259 @@ pub fn velocity(
     (driving, repulsive)
 }
 
+/// The fused kernels: for each row one pass over the columns that accumulates every kernel sum
+/// at once. The passes above add each sum on its own, one chain of dependent 8-lane additions
+/// per pass, and wait on that chain; here the sums are independent chains in flight together.
+/// Every operation is the passes' own, in their order (no fused multiply-add, 8 f32 lanes per
+/// 512-column chunk, the lanes and chunks added in order in f64), so the bits are the same; the
+/// unit tests below check that.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{prior_row, FieldConfig, SteinInputs};
+    use crate::cpu::exp_neg;
+    use std::arch::x86_64::*;
+
+    /// [`exp_neg`] on 8 lanes, operation for operation.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn exp_neg8(x: __m256) -> __m256 {
+        let c = |v: f32| _mm256_set1_ps(v);
+        let x = _mm256_max_ps(x, c(-87.0));
+        let t = _mm256_add_ps(_mm256_mul_ps(x, c(std::f32::consts::LOG2_E)), c(12_582_912.0));
+        let n = _mm256_sub_ps(t, c(12_582_912.0));
+        let r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, c(0.693_145_75))), _mm256_mul_ps(n, c(1.428_606_8e-6)));
+        let mut p = _mm256_add_ps(c(1.0 / 120.0), _mm256_mul_ps(r, c(1.0 / 720.0)));
+        for k in [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_add_ps(c(k), _mm256_mul_ps(r, p));
+        }
+        let e = _mm256_add_epi32(
+            _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(0x4B40_0000)),
+            _mm256_set1_epi32(127),
+        );
+        _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(e)), p)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lanes(v: __m256) -> [f32; 8] {
+        let mut a = [0.0f32; 8];
+        // SAFETY: `a` holds 8 f32.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+        a
+    }
+
+    /// Whether the CPU has AVX-512F and AVX-512VL as well.
+    pub(super) fn wide() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+
+    fn fold(a: &[f32; 8]) -> f64 {
+        a.iter().map(|&v| v as f64).sum::<f64>()
+    }
+
+    /// For the row `x` against the columns (column-major, `D × m`) at scale `s = −1/τ`, with
+    /// `k_j = exp(s‖x − col_j‖²)`: `Σ_j k_j`, `Σ_j k_j (col_cj − x_c)` and, with `DRIVE`,
+    /// `Σ_j k_j w_cj`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn row_sums<const D: usize, const DRIVE: bool>(
+        x: &[f32],
+        cols: &[f32],
+        w: &[f32],
+        s: f32,
+    ) -> (f64, [f64; D], [f64; D]) {
+        let m = cols.len() / D;
+        assert!(x.len() == D && (!DRIVE || w.len() == cols.len()));
+        let xv: [__m256; D] = std::array::from_fn(|c| _mm256_set1_ps(x[c]));
+        let sv = _mm256_set1_ps(s);
+        let (mut z, mut toward, mut drive) = (0.0f64, [0.0f64; D], [0.0f64; D]);
+        for start in (0..m).step_by(512) {
+            let end = (start + 512).min(m);
+            let full = start + (end - start) / 8 * 8;
+            let (mut az, mut at, mut ad) = (_mm256_setzero_ps(), [_mm256_setzero_ps(); D], [_mm256_setzero_ps(); D]);
+            for j in (start..full).step_by(8) {
+                // SAFETY: j + 8 ≤ m, so every load stays inside its column.
+                let cv: [__m256; D] = std::array::from_fn(|c| unsafe { _mm256_loadu_ps(cols.as_ptr().add(c * m + j)) });
+                let mut d2 = _mm256_setzero_ps();
+                for c in 0..D {
+                    let diff = _mm256_sub_ps(xv[c], cv[c]);
+                    d2 = _mm256_add_ps(d2, _mm256_mul_ps(diff, diff));
+                }
+                let k = exp_neg8(_mm256_mul_ps(d2, sv));
+                az = _mm256_add_ps(az, k);
+                for c in 0..D {
+                    at[c] = _mm256_add_ps(at[c], _mm256_mul_ps(k, _mm256_sub_ps(cv[c], xv[c])));
+                    if DRIVE {
+                        // SAFETY: as above, `w` has the columns' layout.
+                        let wv = unsafe { _mm256_loadu_ps(w.as_ptr().add(c * m + j)) };
+                        ad[c] = _mm256_add_ps(ad[c], _mm256_mul_ps(k, wv));
+                    }
+                }
+            }
+            // The chunk's last partial block goes into lane 0, one column at a time.
+            let (mut az, mut at, mut ad) = (lanes(az), at.map(|v| lanes(v)), ad.map(|v| lanes(v)));
+            for j in full..end {
+                let mut d2 = 0.0f32;
+                for c in 0..D {
+                    let diff = x[c] - cols[c * m + j];
+                    d2 += diff * diff;
+                }
+                let k = exp_neg(d2 * s);
+                az[0] += k;
+                for c in 0..D {
+                    at[c][0] += k * (cols[c * m + j] - x[c]);
+                    if DRIVE {
+                        ad[c][0] += k * w[c * m + j];
+                    }
+                }
+            }
+            z += fold(&az);
+            for c in 0..D {
+                toward[c] += fold(&at[c]);
+                drive[c] += fold(&ad[c]);
+            }
+        }
+        (z, toward, drive)
+    }
+
+    /// [`super::kde_task`] at `D`, one fused pass per row and temperature.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn kde<const D: usize>(
+        x: &[f32],
+        yt: &[f32],
+        cfg: &FieldConfig,
+        first: usize,
+        p_rows: &mut [f32],
+        z_rows: &mut [f32],
+    ) {
+        for (r, (p, z_slot)) in p_rows.chunks_mut(D).zip(z_rows.iter_mut()).enumerate() {
+            let xi = &x[(first + r) * D..(first + r + 1) * D];
+            let (mut num, mut toward, mut z_sum) = ([0.0f64; D], [0.0f64; D], 0.0f64);
+            for &tau in &cfg.temps_kde {
+                let (z, t, _) = row_sums::<D, false>(xi, yt, &[], (-1.0 / tau) as f32);
+                z_sum += z;
+                toward = t;
+                for c in 0..D {
+                    num[c] += (2.0 / tau) * toward[c];
+                }
+            }
+            prior_row(cfg, xi, &num, &toward, z_sum, p);
+            *z_slot = z_sum as f32;
+        }
+    }
+
+    /// [`super::stein_task`] at `D` with the one temperature `t`, one fused pass per row.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn stein<const D: usize>(
+        inp: &SteinInputs,
+        t: f64,
+        first: usize,
+        dr_rows: &mut [f32],
+        rp_rows: &mut [f32],
+    ) {
+        let inv_n = 1.0 / inp.n_global as f64;
+        let rep_scale = inp.cfg.repulsion.factor() * inv_n;
+        for (r, (dr, rp)) in dr_rows.chunks_mut(D).zip(rp_rows.chunks_mut(D)).enumerate() {
+            let xi = &inp.x_rows[(first + r) * D..(first + r + 1) * D];
+            let (_, toward, drive) = row_sums::<D, true>(xi, inp.xt, inp.ut, (-1.0 / t) as f32);
+            for c in 0..D {
+                let mut rep = 0.0f64;
+                rep -= toward[c] / t;
+                dr[c] = (drive[c] * inv_n) as f32;
+                rp[c] = (rep * rep_scale) as f32;
+            }
+        }
+    }
+
+    /// [`kde`] and [`stein`] where AVX-512 is there too: the same 8-lane instructions, with its
+    /// 32 vector registers instead of 16 (nothing spills).
+    #[target_feature(enable = "avx2,avx512f,avx512vl")]
+    pub(super) fn kde_wide<const D: usize>(
+        x: &[f32],
+        yt: &[f32],
+        cfg: &FieldConfig,
+        first: usize,
+        p_rows: &mut [f32],
+        z_rows: &mut [f32],
+    ) {
+        kde::<D>(x, yt, cfg, first, p_rows, z_rows)
+    }
+
+    #[target_feature(enable = "avx2,avx512f,avx512vl")]
+    pub(super) fn stein_wide<const D: usize>(
+        inp: &SteinInputs,
+        t: f64,
+        first: usize,
+        dr_rows: &mut [f32],
+        rp_rows: &mut [f32],
+    ) {
+        stein::<D>(inp, t, first, dr_rows, rp_rows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::exp_neg;
+    use super::*;
+    use crate::svgd::{KdeClamp, Repulsion};
 
-    #[test]
-    fn fast_exp_matches_libm() {
-        let mut worst = 0.0f64;
-        let mut x = 0.0f32;
-        while x > -80.0 {
-            let (a, b) = (exp_neg(x) as f64, (x as f64).exp());
-            worst = worst.max((a - b).abs() / b);
-            x -= 0.00731;
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 1.6 - 0.8
+            })
+            .collect()
+    }
+
+    fn cfg(kde_clamp: KdeClamp, temps: &[f64]) -> FieldConfig {
+        FieldConfig {
+            beta: 1.0,
+            temps_kde: temps.to_vec(),
+            temps_stein: temps.to_vec(),
+            kde_clamp,
+            repulsion: Repulsion::TwoSided,
+            tile_elems: 1 << 20,
+            engine: Default::default(),
         }
-        assert!(worst < 1e-6, "relative error {worst:e}");
-        assert!(exp_neg(-200.0) < 1e-37);
+    }
+
+    /// The fused kernels give the passes' bits at every D they take, over full chunks, a partial
+    /// chunk and a partial block (m = 1100 = 2·512 + 9·8 + 4), for both clamps and one or two
+    /// temperatures (two: the Stein rows keep the passes).
+    #[test]
+    fn fused_rows_give_the_bits_of_the_passes() {
+        let (n, m) = (37, 1100);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for d in 1..=4 {
+            let x_all = data(m * d, d as u64);
+            let (xt, ut) = (transpose(&x_all, d), transpose(&data(m * d, 10 + d as u64), d));
+            let yt = transpose(&data(m * d, 20 + d as u64), d);
+            for c in [cfg(KdeClamp::Toy, &[0.05]), cfg(KdeClamp::Image, &[0.3]), cfg(KdeClamp::Image, &[0.3, 0.7])] {
+                let (mut p1, mut z1, mut p2, mut z2) = (vec![0.0; n * d], vec![0.0; n], vec![0.0; n * d], vec![0.0; n]);
+                kde_rows(&x_all, &yt, d, &c, 3, &mut p1, &mut z1);
+                kde_rows_passes(&x_all, &yt, d, &c, 3, &mut p2, &mut z2);
+                assert_eq!((bits(&p1), bits(&z1)), (bits(&p2), bits(&z2)), "KDE, D = {d}, {c:?}");
+                assert!(z1.iter().all(|&z| z > 0.0), "the kernel sums are not all zero");
+                // The 16-register build too (the dispatch takes the 32-register one on AVX-512).
+                #[cfg(target_arch = "x86_64")]
+                if d == 2 && std::arch::is_x86_feature_detected!("avx2") {
+                    let (mut p3, mut z3) = (vec![0.0; n * d], vec![0.0; n]);
+                    // SAFETY: the CPU has AVX2, checked just above.
+                    unsafe { avx2::kde::<2>(&x_all, &yt, &c, 3, &mut p3, &mut z3) };
+                    assert_eq!((bits(&p3), bits(&z3)), (bits(&p2), bits(&z2)), "KDE, AVX2 build, {c:?}");
+                }
+                let inp = SteinInputs { x_rows: &x_all[..n * d], xt: &xt, ut: &ut, d, n_global: m, cfg: &c };
+                let (mut dr1, mut rp1, mut dr2, mut rp2) =
+                    (vec![0.0; n * d], vec![0.0; n * d], vec![0.0; n * d], vec![0.0; n * d]);
+                stein_rows(&inp, 0, &mut dr1, &mut rp1);
+                stein_rows_passes(&inp, 0, &mut dr2, &mut rp2);
+                assert_eq!((bits(&dr1), bits(&rp1)), (bits(&dr2), bits(&rp2)), "Stein, D = {d}, {c:?}");
+            }
+        }
     }
 }

@@ -5,11 +5,12 @@
 //! comes from the model's `vae/config.json`; the encoder's tensors in the file are left out.
 
 use super::transformer::GluMbConv;
+use crate::activation::silu;
 use crate::weights::NameMap;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::{relu, silu};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde_json::Value;
 

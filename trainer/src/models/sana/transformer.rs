@@ -12,10 +12,11 @@
 //! autocast would also run the attention products in bf16: this is the more accurate side).
 
 use super::config::TransformerConfig;
+use crate::activation::silu;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{gelu_approximate, relu, silu, softmax};
+use burn::tensor::activation::{gelu_approximate, relu, softmax};
 use burn::tensor::{Device, FloatDType, Tensor};
 
 /// Where the products with the weights run: float32, or bf16 in and float32 out.
