@@ -148,11 +148,17 @@ impl Reparameterizer for ConvLoraizer {
     }
 }
 
+/// The device generator is one per process, so thread ranks adapting at once would interleave
+/// their draws and start from different adapters. Seeding and drawing hold this lock.
+static DEVICE_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Freeze every parameter of `module` and attach adapters to the `targets` layers. The `A`
 /// factors are drawn from the device generator of `device`, seeded with `seed`, layer by layer
 /// in module order, so the same seed gives the same adapters on every rank and every run.
 pub fn adapt<M: Module>(module: M, cfg: LoraConfig, targets: &Targets, seed: u64, device: &burn::tensor::Device) -> M {
     let weights = targets.weight_paths();
+    // A panic elsewhere while holding it leaves nothing half-drawn that matters here.
+    let _draws = DEVICE_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     device.seed(seed);
     // burn's Lora adapts the 2-D weights of the group and freezes everything else. The factors
     // are float32 whatever the base's dtype (a bf16 base trains float32 adapters, spec §11.1).
