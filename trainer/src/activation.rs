@@ -87,6 +87,15 @@ dispatch!(silu_backward_rows, silu_backward_task, (x: &[f32], grad: &mut [f32]))
 /// Elements per rayon task: element-wise, so the split changes no bit.
 const CHUNK: usize = 1 << 14;
 
+/// `t`, or a contiguous copy of a strided view (a transpose): every f32 input takes the kernel.
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.as_slice::<f32>().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
 /// The whole storage of `t` when it is f32, contiguous and starts at its first element.
 fn whole_f32(t: &FlexTensor) -> Option<&[f32]> {
     t.as_slice::<f32>().filter(|s| s.len() * 4 == t.bytes().len())
@@ -97,8 +106,7 @@ impl SiluBackend for Flex {
         if x.dtype() != DType::F32 {
             return composed::<Self>(x);
         }
-        // A strided view (a transpose) is copied first: every f32 input takes the same kernel.
-        let x = if x.as_slice::<f32>().is_some() { x } else { x.to_contiguous() };
+        let x = contiguous(x);
         let src = x.as_slice::<f32>().expect("contiguous f32");
         let n = src.len();
         let mut out = Vec::with_capacity(n);
@@ -116,7 +124,7 @@ impl SiluBackend for Flex {
         if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.layout().shape() != grad.layout().shape() {
             return composed_backward::<Self>(x, grad);
         }
-        let x = if x.as_slice::<f32>().is_some() { x } else { x.to_contiguous() };
+        let x = contiguous(x);
         let src = x.as_slice::<f32>().expect("contiguous f32");
         if whole_f32(&grad).is_none() {
             grad = grad.to_contiguous();

@@ -126,27 +126,30 @@ fn prior_row(cfg: &FieldConfig, xi: &[f32], num: &[f64], toward: &[f64], z_sum: 
 dispatch!(kde_rows_passes, kde_task,
     (x: &[f32], yt: &[f32], d: usize, cfg: &FieldConfig, first: usize, p_rows: &mut [f32], z_rows: &mut [f32]));
 
+/// Call the fused kernel `avx2::$narrow::<D>` for the run-time `d` ∈ 1..=4, or its build with
+/// AVX-512's 32 registers `avx2::$wide::<D>` where the CPU has those. The caller checked AVX2.
+#[cfg(target_arch = "x86_64")]
+macro_rules! fused {
+    ($d:expr, $narrow:ident, $wide:ident, ($($arg:expr),*)) => {
+        // SAFETY (every arm): the caller checked AVX2; `wide` checks AVX-512F and AVX-512VL.
+        match ($d, avx2::wide()) {
+            (1, false) => unsafe { avx2::$narrow::<1>($($arg),*) },
+            (2, false) => unsafe { avx2::$narrow::<2>($($arg),*) },
+            (3, false) => unsafe { avx2::$narrow::<3>($($arg),*) },
+            (_, false) => unsafe { avx2::$narrow::<4>($($arg),*) },
+            (1, true) => unsafe { avx2::$wide::<1>($($arg),*) },
+            (2, true) => unsafe { avx2::$wide::<2>($($arg),*) },
+            (3, true) => unsafe { avx2::$wide::<3>($($arg),*) },
+            (_, true) => unsafe { avx2::$wide::<4>($($arg),*) },
+        }
+    };
+}
+
 /// KDE rows: the fused AVX2 kernel at D ≤ 4 where the CPU has it, else the passes.
 fn kde_rows(x: &[f32], yt: &[f32], d: usize, cfg: &FieldConfig, first: usize, p_rows: &mut [f32], z_rows: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if (1..=4).contains(&d) && std::arch::is_x86_feature_detected!("avx2") {
-        macro_rules! at {
-            ($d:literal) => {
-                if avx2::wide() {
-                    // SAFETY: the CPU has AVX2, AVX-512F and AVX-512VL, checked above.
-                    unsafe { avx2::kde_wide::<$d>(x, yt, cfg, first, p_rows, z_rows) }
-                } else {
-                    // SAFETY: the CPU has AVX2, checked above.
-                    unsafe { avx2::kde::<$d>(x, yt, cfg, first, p_rows, z_rows) }
-                }
-            };
-        }
-        return match d {
-            1 => at!(1),
-            2 => at!(2),
-            3 => at!(3),
-            _ => at!(4),
-        };
+        return fused!(d, kde, kde_wide, (x, yt, cfg, first, p_rows, z_rows));
     }
     kde_rows_passes(x, yt, d, cfg, first, p_rows, z_rows)
 }
@@ -221,23 +224,7 @@ fn stein_rows(inp: &SteinInputs, first: usize, dr_rows: &mut [f32], rp_rows: &mu
     if let (&[t], true) =
         (&inp.cfg.temps_stein[..], (1..=4).contains(&inp.d) && std::arch::is_x86_feature_detected!("avx2"))
     {
-        macro_rules! at {
-            ($d:literal) => {
-                if avx2::wide() {
-                    // SAFETY: the CPU has AVX2, AVX-512F and AVX-512VL, checked above.
-                    unsafe { avx2::stein_wide::<$d>(inp, t, first, dr_rows, rp_rows) }
-                } else {
-                    // SAFETY: the CPU has AVX2, checked above.
-                    unsafe { avx2::stein::<$d>(inp, t, first, dr_rows, rp_rows) }
-                }
-            };
-        }
-        return match inp.d {
-            1 => at!(1),
-            2 => at!(2),
-            3 => at!(3),
-            _ => at!(4),
-        };
+        return fused!(inp.d, stein, stein_wide, (inp, t, first, dr_rows, rp_rows));
     }
     stein_rows_passes(inp, first, dr_rows, rp_rows)
 }
