@@ -45,6 +45,14 @@ pub trait Collective {
     }
 }
 
+/// The ranks whose `ok` is false, the same list on every rank (one all-gather): a rank that
+/// cannot go on fails the whole world with its peers, rather than leave them blocked in the next
+/// collective.
+pub fn failed_ranks(comm: &dyn Collective, ok: bool) -> Result<Vec<usize>, CommError> {
+    let flags = comm.all_gather(&[if ok { 0.0 } else { 1.0 }])?;
+    Ok(flags.iter().enumerate().filter(|(_, &f)| f != 0.0).map(|(r, _)| r).collect())
+}
+
 /// `out` must hold exactly one block per rank.
 pub(crate) fn check_gather_len(local: &[f32], out: &[f32], size: usize) -> Result<(), CommError> {
     if out.len() != local.len() * size {

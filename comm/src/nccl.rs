@@ -42,8 +42,7 @@ impl Nccl {
             let ctx = CudaContext::new(device_index).map_err(|e| failed("cuda context", e))?;
             ctx.new_stream().map_err(|e| failed("cuda stream", e))
         });
-        let flags = mpi.all_gather(&[if local.is_ok() { 0.0 } else { 1.0 }])?;
-        let failed_ranks: Vec<usize> = flags.iter().enumerate().filter(|(_, &f)| f != 0.0).map(|(r, _)| r).collect();
+        let failed_ranks = crate::failed_ranks(&mpi, local.is_ok())?;
         let stream = match local {
             Err(e) => return Err(CommError::Failed { op: "nccl init", reason: format!("GPU {device_index}: {e}") }),
             Ok(_) if !failed_ranks.is_empty() => {

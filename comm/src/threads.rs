@@ -213,6 +213,14 @@ mod tests {
     }
 
     #[test]
+    fn every_rank_learns_which_ranks_failed() {
+        on_every_rank(4, |c| {
+            let failed = crate::failed_ranks(c, ![1, 3].contains(&c.rank())).map_err(|e| e.to_string())?;
+            (failed == [1, 3]).then_some(()).ok_or(format!("rank {} saw {failed:?}", c.rank()))
+        });
+    }
+
+    #[test]
     fn unequal_blocks_are_an_error_not_a_hang() {
         on_every_rank(2, |c| {
             let local = vec![0.0f32; 1 + c.rank()];

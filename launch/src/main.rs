@@ -433,10 +433,11 @@ fn train(job: &Job, comm: &dyn fav_comm::Collective) -> Result<ExitCode> {
     let Job { cfg, out, resume, world, stop } = *job;
     let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
     let (cores, online) = world::cpu_cores();
-    let device = if cfg.device.is_cuda() {
-        format!("cuda:{}", world.device_index)
-    } else {
-        format!("{}[{cores} core{}]", cfg.device, if cores == 1 { "" } else { "s" })
+    let device = match cfg.device {
+        fav_trainer::config::DeviceKind::Cuda(named) => format!("cuda:{}", named.unwrap_or(world.device_index)),
+        fav_trainer::config::DeviceKind::Cpu => {
+            format!("{}[{cores} core{}]", cfg.device, if cores == 1 { "" } else { "s" })
+        }
     };
     let layout = world::gather_layout(comm, &device)?;
     let here = layout.nodes.iter().find(|(_, r)| r.contains(&comm.rank())).map_or(1, |(_, r)| r.len());
@@ -483,7 +484,7 @@ fn bench(
     json: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
     use fav_trainer::bench;
-    let device = cfg.burn_device(device_index);
+    let device = fav_trainer::gpu::open(cfg, device_index, comm)?;
     let threads = rayon::current_num_threads();
     let step = bench::step(cfg, warmup, runs, &device, comm)?;
     if comm.rank() != 0 {

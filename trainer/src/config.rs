@@ -612,15 +612,6 @@ impl Config {
         Ok(())
     }
 
-    /// The burn device of `device` (on a CUDA device, `index` is the launcher's choice when the
-    /// config names none).
-    pub fn burn_device(&self, index: usize) -> burn::tensor::Device {
-        match self.device {
-            DeviceKind::Cpu => burn::tensor::Device::flex(),
-            DeviceKind::Cuda(i) => cuda_device(i.unwrap_or(index)),
-        }
-    }
-
     /// Whether the t2i transformer runs in bf16 ([`T2iConfig::precision`] on this device).
     pub fn t2i_bf16(&self) -> bool {
         match self.t2i.precision {
@@ -651,14 +642,4 @@ impl Config {
             engine: Default::default(),
         }
     }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_device(index: usize) -> burn::tensor::Device {
-    burn::tensor::Device::cuda(index)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device(_index: usize) -> burn::tensor::Device {
-    unreachable!("validated: a build without CUDA refuses device = \"cuda\"")
 }

@@ -12,6 +12,9 @@ pub enum JobError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Layout(String),
+    /// The job's GPU could not be opened on this rank or a peer ([`crate::gpu::open`]).
+    #[error("{0}")]
+    Device(String),
     #[error("communication: {0}")]
     Comm(#[from] fav_comm::CommError),
     #[error("rank 0 could not prepare the frozen models (see its log)")]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod gpu;
 pub mod lora;
 pub mod metrics;
 pub mod models;

@@ -57,7 +57,7 @@ pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Re
     crate::step::Layout::new(cfg.fav.batch, cfg.fav.conditions, comm.size(), comm.rank()).map_err(JobError::Layout)?;
     let t0 = Instant::now();
     let lead = comm.rank() == 0;
-    let mut task = tasks::build(cfg, &cfg.burn_device(env.device_index))?;
+    let mut task = tasks::build(cfg, &crate::gpu::open(cfg, env.device_index, comm)?)?;
 
     let prepared = if lead {
         // The store first: a refused start (another run's checkpoints) touches nothing.
