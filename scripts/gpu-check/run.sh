@@ -2,7 +2,9 @@
 # The GPU check, run on a GPU machine from the repository root with what prepare.sh made here
 # (target/gpu-check: the `cuda` fav binary and test binary, compressed, the golden file and the
 # Python packages the PyTorch side lacks there). It builds nothing. In one call, under a deadline:
-#   1. the golden vectors and the SANA-Sprint fixtures on the GPU (the `device` test binary);
+#   1. the golden vectors and the SANA-Sprint fixtures on the GPU (the `device` test binary), with
+#      PyTorch's own error on that fixture there in float32 and in TF32, and a GPU that cannot be
+#      opened refused with a clear error;
 #   2. the tiny t2i FAV step: `fav bench` on the GPU against the same step in diffusers/PyTorch;
 #   3. the step of a SANA-Sprint 0.6B-shaped model (random weights, 1024² latents, K particles of
 #      one prompt) in fav and in PyTorch, with gradient checkpointing: time, images/s and peak
@@ -101,9 +103,33 @@ clip=$root/trainer/tests/data/clip
 tiny=(examples/sana-sprint-tiny.toml --set device=\"$fav_dev\")
 
 # 1. Golden vectors (the shared file, then this crate's stress cases) and the SANA fixtures.
-FAV_TRAINER_DIR=$root/trainer SVGD_GOLDEN=$W/svgd_golden.json part tests 120 "$W/device" --test-threads 1
+# --nocapture keeps each comparison's error in the log, passed or not.
+FAV_TRAINER_DIR=$root/trainer SVGD_GOLDEN=$W/svgd_golden.json part tests 120 "$W/device" --test-threads 1 --nocapture
 FAV_TRAINER_DIR=$root/trainer SVGD_GOLDEN=$root/trainer/tests/data/svgd_stress.json \
-  part tests-stress 60 "$W/device" --test-threads 1 golden::
+  part tests-stress 60 "$W/device" --test-threads 1 --nocapture golden::
+# PyTorch's own error on the SANA fixture on this device, TF32 off and on: what to read the
+# fixture errors above against where burn-cuda's float32 products ran in TF32.
+part tf32-torch 45 python3 scripts/gpu-check/torch_tf32.py --device "$dev"
+
+# A GPU that cannot be opened (none visible; an index past the last) ends `fav train` with an
+# error naming it, before the run directory is made — not a panic in burn-cuda's runtime.
+refusals() {
+  local case rc
+  for case in no-visible-gpu index-past-last; do
+    if [ $case = no-visible-gpu ]; then
+      CUDA_VISIBLE_DEVICES= fav train --set device=\"cuda\" --set steps=1 --out "$W/refused" >"$W/$case.txt" 2>&1
+    else
+      fav train --set device=\"cuda:64\" --set steps=1 --out "$W/refused" >"$W/$case.txt" 2>&1
+    fi
+    rc=$?
+    python3 -c 'import json, sys; t = open(sys.argv[2]).read(); print(json.dumps({"case": sys.argv[1], "exit": int(sys.argv[3]),
+      "ok": sys.argv[3] not in ("0", "101", "134") and "device = \"cuda\" (GPU" in t and "panicked" not in t, "log": t[-600:]}))' \
+      $case "$W/$case.txt" $rc >>"$OUT/refusals.jsonl"
+  done
+  ! grep -q '"ok": false' "$OUT/refusals.jsonl" && [ ! -e "$W/refused" ]
+}
+export -f refusals
+part refusals 30 refusals
 
 # 2. The tiny t2i step: fav (its JSON) against PyTorch (one JSON line), K = 4, one pass.
 part tiny-fav 60 with_memory tiny-fav fav bench "${tiny[@]}" --set fav.conditions=1 --set t2i.micro_batch=4 \

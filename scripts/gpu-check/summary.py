@@ -44,16 +44,21 @@ def tests(name):
     except OSError:
         return None
     m = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed", text)
-    failed = re.findall(r"^test (\S+) \.\.\. FAILED", text, re.M)
+    # libtest's closing list (with --nocapture a test's "FAILED" need not share its name's line).
+    tail = text.rsplit("\nfailures:\n", 1)
+    failed = re.findall(r"^    (\S+)$", tail[1].split("\n\n")[0], re.M) if len(tail) == 2 else []
     return {"result": m[-1][0], "passed": int(m[-1][1]), "failed": int(m[-1][2]), "failures": failed} if m else None
 
 
 parts = []
 if (out / "parts.jsonl").exists():
     parts = [json.loads(ln) for ln in (out / "parts.jsonl").read_text().splitlines() if ln.strip()]
+refusals = None
+if (out / "refusals.jsonl").exists():
+    refusals = [json.loads(ln) for ln in (out / "refusals.jsonl").read_text().splitlines() if ln.strip()]
 doc = {"machine": (out / "machine.txt").read_text().strip() if (out / "machine.txt").exists() else None,
-       "parts": parts, "tests": tests("tests"), "tests_stress": tests("tests-stress"), "toy": read_json("toy.json"),
-       "steps": {}}
+       "parts": parts, "refusals": refusals, "tests": tests("tests"), "tests_stress": tests("tests-stress"),
+       "tf32_torch": torch_line("tf32-torch"), "toy": read_json("toy.json"), "steps": {}}
 for case in ["tiny", "0.6b-ckpt-true", "0.6b-ckpt-false"]:
     fav_name = "tiny-fav" if case == "tiny" else case.replace("0.6b", "0.6b-fav")
     torch_name = "tiny-torch" if case == "tiny" else case.replace("0.6b", "0.6b-torch")
@@ -72,6 +77,10 @@ for p in parts:
     print(f"{p['part']:<22} {p['status']}" + (f" ({p['seconds']} s)" if "seconds" in p else ""))
 for k in ["tests", "tests_stress"]:
     print(k, doc[k])
+if doc["tf32_torch"]:
+    print("PyTorch on the SANA fixture here (max error / scale):", doc["tf32_torch"])
+for r in doc["refusals"] or []:
+    print(f"refused {r['case']}: exit {r['exit']}, {'clear error' if r['ok'] else 'NOT a clear error'}")
 if doc["toy"]:
     print("toy job, final weights GPU vs CPU: max relative difference", doc["toy"]["max_relative"])
 gib = lambda b: f"{b / 2**30:.1f} GiB" if b else "-"

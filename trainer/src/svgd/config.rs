@@ -43,7 +43,8 @@ impl Repulsion {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Engine {
-    /// The fused host kernel for low-dimensional particles on a CPU device, tensor ops otherwise.
+    /// On a CPU device the fused host kernel for low-dimensional particles, tensor ops otherwise;
+    /// on a GPU the host kernel (exact float32 whatever the GPU's matmul precision).
     #[default]
     Auto,
     /// Tiled tensor ops on the particles' device (any burn backend, CUDA included).

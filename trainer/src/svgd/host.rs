@@ -1,7 +1,9 @@
 //! A fused host kernel for the same formulas as [`super`], for low-dimensional particles on a
-//! CPU device (the toy's D = 2). There the tensor path is memory-bound: a dozen element-wise
-//! passes over each N×M kernel block. Here each row makes one pass over the columns with every
-//! kernel sum accumulated at once, rows in parallel; memory is O(M) per thread, no N×M block.
+//! CPU device (the toy's D = 2), and for every field of a GPU job (exact float32 there, where the
+//! GPU's products may run in TF32: [`super::Engine`]). On a CPU the tensor path is memory-bound
+//! at low D: a dozen element-wise passes over each N×M kernel block. Here each row makes one pass
+//! over the columns with every kernel sum accumulated at once, rows in parallel; memory is O(M)
+//! per thread, no N×M block.
 //! Every kernel-weighted difference is summed as `Σ_j k_j (a_j − x)` from the differences
 //! themselves, so nothing cancels (a row's self pair adds exactly 0). The golden test checks
 //! this path and the tensor path against the same vectors.

@@ -3,8 +3,9 @@
 //!
 //! Everything here works on *detached* features (§3.4) and on a **shard**: the rows owned by
 //! this rank against the global columns (§3.5), so the same code serves one process and G ranks.
-//! All work is tensor ops (it runs on any burn device) and is tiled over rows so that no N×M
-//! kernel matrix is ever held at once: a tile holds at most `tile_elems` kernel entries.
+//! Two engines compute it ([`Engine`]): tensor ops (any burn device), tiled over rows so that no
+//! N×M kernel matrix is ever held at once (a tile holds at most `tile_elems` kernel entries), and
+//! a fused host kernel ([`host`]).
 //!
 //! Precision in float32. Every kernel-weighted difference `Σ_j k_ij (a_j − x_i)` is formed so that
 //! nothing cancels: at D ≤ 8 from the direct differences themselves; above, by GEMM on
@@ -21,17 +22,22 @@ pub use config::{Engine, FieldConfig, KdeClamp, Repulsion, Z_CLAMP};
 use crate::tensors::{matrix, to_vec};
 use burn::tensor::{Device, Tensor};
 
-/// The fused host kernel wins while a row's distances are cheap relative to its kernel sums.
+/// On the CPU the fused host kernel wins while a row's distances are cheap relative to its
+/// kernel sums.
 const HOST_MAX_D: usize = 8;
 
 impl Engine {
+    /// Auto: the host kernel on a CPU device at D ≤ 8, the tensor path above; on a GPU always the
+    /// host kernel. There burn-cuda runs float32 products on tensor cores in TF32 whenever its
+    /// autotune times such a kernel fastest (cubek-matmul `adjust_dtypes`: 2⁻¹¹ relative rounding,
+    /// past the spec's float32 1e-4, and the Gram distances cancel), and which kernel it picks is
+    /// a timing. The host kernel is exact float32 and the same bits on every device; a group's
+    /// field is small (K particles per condition), so its copy to the host costs little.
     fn host(self, x: &Tensor<2>) -> bool {
         match self {
             Engine::Auto => {
-                x.dims()[1] <= HOST_MAX_D && {
-                    let dev = x.device().without_autodiff();
-                    dev == Device::flex()
-                }
+                let dev = x.device().without_autodiff();
+                dev != Device::flex() || x.dims()[1] <= HOST_MAX_D
             }
             Engine::Tensor => false,
             Engine::Host => true,
