@@ -9,7 +9,8 @@
 #   3. the step of a SANA-Sprint 0.6B-shaped model (random weights, 1024² latents, K particles of
 #      one prompt) in fav and in PyTorch, with gradient checkpointing: time, images/s and peak
 #      GPU memory;
-#   4. a short toy job on the GPU against the same job on the CPU (same base, final weights);
+#   4. a short toy job on the GPU against the same job on the CPU (same base, final weights), and
+#      again on the GPU (same bits?);
 #   5. the 0.6B step again without checkpointing (peak memory).
 # Everything lands as JSON under $OUT (gpu-check.json sums it up) with each part's log.
 #
@@ -160,14 +161,20 @@ big_step() {
 big_step true 120 60
 
 # 4. The toy job: a short pretraining on the CPU (cached), then the same 20 steps on the CPU and
-# on the device from that base; final weights compared.
+# twice on the device from that base; final weights compared (device against CPU, and the two
+# device runs: same config and seed, same bits?).
 toy_run() {
   local toy=(--set steps=20 --set pretrain.steps=300 --set eval.every=20 --set checkpoint.every=0
     --set pretrain.cache_dir=\"$W/cache\" --resume none)
-  fav train "${toy[@]}" --set device=\"cpu\" --out "$W/toy-cpu" &&
-    fav train "${toy[@]}" --set device=\"$fav_dev\" --set model.base=\"$(ls "$W"/cache/*.safetensors)\" \
-      --out "$W/toy-dev" &&
-    python3 scripts/gpu-check/compare.py "$W/toy-cpu/final.safetensors" "$W/toy-dev/final.safetensors" >"$OUT/toy.json"
+  fav train "${toy[@]}" --set device=\"cpu\" --out "$W/toy-cpu" || return
+  local base
+  base=$(ls "$W"/cache/*.safetensors)
+  for run in toy-dev toy-dev2; do
+    fav train "${toy[@]}" --set device=\"$fav_dev\" --set model.base=\"$base\" --out "$W/$run" || return
+  done
+  python3 scripts/gpu-check/compare.py "$W/toy-cpu/final.safetensors" "$W/toy-dev/final.safetensors" >"$OUT/toy.json" &&
+    python3 scripts/gpu-check/compare.py "$W/toy-dev/final.safetensors" "$W/toy-dev2/final.safetensors" \
+      >"$OUT/toy-repeat.json"
 }
 export -f toy_run
 export fav_dev

@@ -58,7 +58,7 @@ if (out / "refusals.jsonl").exists():
     refusals = [json.loads(ln) for ln in (out / "refusals.jsonl").read_text().splitlines() if ln.strip()]
 doc = {"machine": (out / "machine.txt").read_text().strip() if (out / "machine.txt").exists() else None,
        "parts": parts, "refusals": refusals, "tests": tests("tests"), "tests_stress": tests("tests-stress"),
-       "tf32_torch": torch_line("tf32-torch"), "toy": read_json("toy.json"), "steps": {}}
+       "tf32_torch": torch_line("tf32-torch"), "toy": read_json("toy.json"), "toy_repeat": read_json("toy-repeat.json"), "steps": {}}
 for case in ["tiny", "0.6b-ckpt-true", "0.6b-ckpt-false"]:
     fav_name = "tiny-fav" if case == "tiny" else case.replace("0.6b", "0.6b-fav")
     torch_name = "tiny-torch" if case == "tiny" else case.replace("0.6b", "0.6b-torch")
@@ -83,6 +83,8 @@ for r in doc["refusals"] or []:
     print(f"refused {r['case']}: exit {r['exit']}, {'clear error' if r['ok'] else 'NOT a clear error'}")
 if doc["toy"]:
     print("toy job, final weights GPU vs CPU: max relative difference", doc["toy"]["max_relative"])
+if doc["toy_repeat"]:
+    print("toy job, the GPU run twice: max relative difference", doc["toy_repeat"]["max_relative"], "(0: same bits)")
 gib = lambda b: f"{b / 2**30:.1f} GiB" if b else "-"
 for case, r in doc["steps"].items():
     if "ratio_fav_to_torch" in r:
