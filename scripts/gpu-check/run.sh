@@ -169,10 +169,10 @@ toy_run() {
   fav train "${toy[@]}" --set device=\"cpu\" --out "$W/toy-cpu" || return
   local base
   base=$(ls "$W"/cache/*.safetensors)
-  for run in toy-dev toy-dev2; do
-    fav train "${toy[@]}" --set device=\"$fav_dev\" --set model.base=\"$base\" --out "$W/$run" || return
-  done
-  python3 scripts/gpu-check/compare.py "$W/toy-cpu/final.safetensors" "$W/toy-dev/final.safetensors" >"$OUT/toy.json" &&
+  # Each comparison as soon as its runs are done: a cut part keeps what it finished.
+  fav train "${toy[@]}" --set device=\"$fav_dev\" --set model.base=\"$base\" --out "$W/toy-dev" &&
+    python3 scripts/gpu-check/compare.py "$W/toy-cpu/final.safetensors" "$W/toy-dev/final.safetensors" >"$OUT/toy.json" &&
+    fav train "${toy[@]}" --set device=\"$fav_dev\" --set model.base=\"$base\" --out "$W/toy-dev2" &&
     python3 scripts/gpu-check/compare.py "$W/toy-dev/final.safetensors" "$W/toy-dev2/final.safetensors" \
       >"$OUT/toy-repeat.json"
 }
