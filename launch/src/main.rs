@@ -433,11 +433,9 @@ fn train(job: &Job, comm: &dyn fav_comm::Collective) -> Result<ExitCode> {
     let Job { cfg, out, resume, world, stop } = *job;
     let _rank = tracing::info_span!("rank", r = comm.rank()).entered();
     let (cores, online) = world::cpu_cores();
-    let device = match cfg.device {
-        fav_trainer::config::DeviceKind::Cuda(named) => format!("cuda:{}", named.unwrap_or(world.device_index)),
-        fav_trainer::config::DeviceKind::Cpu => {
-            format!("{}[{cores} core{}]", cfg.device, if cores == 1 { "" } else { "s" })
-        }
+    let device = match cfg.device.gpu(world.device_index) {
+        Some(gpu) => format!("cuda:{gpu}"),
+        None => format!("{}[{cores} core{}]", cfg.device, if cores == 1 { "" } else { "s" }),
     };
     let layout = world::gather_layout(comm, &device)?;
     let here = layout.nodes.iter().find(|(_, r)| r.contains(&comm.rank())).map_or(1, |(_, r)| r.len());

@@ -50,15 +50,17 @@ def tests(name):
     return {"result": m[-1][0], "passed": int(m[-1][1]), "failed": int(m[-1][2]), "failures": failed} if m else None
 
 
-parts = []
-if (out / "parts.jsonl").exists():
-    parts = [json.loads(ln) for ln in (out / "parts.jsonl").read_text().splitlines() if ln.strip()]
-refusals = None
-if (out / "refusals.jsonl").exists():
-    refusals = [json.loads(ln) for ln in (out / "refusals.jsonl").read_text().splitlines() if ln.strip()]
+def read_jsonl(name):
+    """One object per line; None when the part wrote no file."""
+    p = out / name
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()] if p.exists() else None
+
+
+parts, refusals = read_jsonl("parts.jsonl") or [], read_jsonl("refusals.jsonl")
 doc = {"machine": (out / "machine.txt").read_text().strip() if (out / "machine.txt").exists() else None,
        "parts": parts, "refusals": refusals, "tests": tests("tests"), "tests_stress": tests("tests-stress"),
-       "tf32_torch": torch_line("tf32-torch"), "toy": read_json("toy.json"), "toy_repeat": read_json("toy-repeat.json"), "steps": {}}
+       "tf32_torch": torch_line("tf32-torch"), "toy": read_json("toy.json"),
+       "toy_repeat": read_json("toy-repeat.json"), "steps": {}}
 for case in ["tiny", "0.6b-ckpt-true", "0.6b-ckpt-false"]:
     fav_name = "tiny-fav" if case == "tiny" else case.replace("0.6b", "0.6b-fav")
     torch_name = "tiny-torch" if case == "tiny" else case.replace("0.6b", "0.6b-torch")

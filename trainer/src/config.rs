@@ -84,6 +84,15 @@ impl DeviceKind {
     pub fn is_cuda(self) -> bool {
         matches!(self, DeviceKind::Cuda(_))
     }
+
+    /// The GPU of a rank whose launcher assigned it `local`: the one `cuda:N` names, else
+    /// `local`; `None` on the CPU.
+    pub fn gpu(self, local: usize) -> Option<usize> {
+        match self {
+            DeviceKind::Cpu => None,
+            DeviceKind::Cuda(named) => Some(named.unwrap_or(local)),
+        }
+    }
 }
 
 impl TryFrom<String> for DeviceKind {

@@ -5,7 +5,7 @@
 //! could open theirs, so a broken node ends the whole job with an error naming it and its GPU
 //! instead of leaving its peers waiting in the first collective.
 
-use crate::config::{Config, DeviceKind};
+use crate::config::Config;
 use crate::JobError;
 use burn::tensor::Device;
 use fav_comm::Collective;
@@ -13,10 +13,7 @@ use fav_comm::Collective;
 /// The device of `cfg.device` for the rank whose launcher-assigned GPU is `index`, once every
 /// rank of `comm` has opened its own (a CPU job opens nothing and exchanges nothing).
 pub fn open(cfg: &Config, index: usize, comm: &dyn Collective) -> Result<Device, JobError> {
-    let gpu = match cfg.device {
-        DeviceKind::Cpu => return Ok(Device::flex()),
-        DeviceKind::Cuda(named) => named.unwrap_or(index),
-    };
+    let Some(gpu) = cfg.device.gpu(index) else { return Ok(Device::flex()) };
     let local = check(gpu).map_err(|reason| JobError::Device(format!("device = \"cuda\" (GPU {gpu}): {reason}")));
     let failed = fav_comm::failed_ranks(comm, local.is_ok())?;
     match local {

@@ -411,8 +411,8 @@ mod avx2 {
             let xi = &inp.x_rows[(first + r) * D..(first + r + 1) * D];
             let (_, toward, drive) = row_sums::<D, true>(xi, inp.xt, inp.ut, (-1.0 / t) as f32);
             for c in 0..D {
-                let mut rep = 0.0f64;
-                rep -= toward[c] / t;
+                // 0 − x, as the passes subtract from their zeroed sum (−x would flip a zero's sign).
+                let rep = 0.0f64 - toward[c] / t;
                 dr[c] = (drive[c] * inv_n) as f32;
                 rp[c] = (rep * rep_scale) as f32;
             }
