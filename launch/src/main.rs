@@ -8,6 +8,7 @@ mod world;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use fav_trainer::config::DeviceKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -169,6 +170,9 @@ enum Command {
         /// [3, H, W]) here, keyed "0", "1", ….
         #[arg(long)]
         grad: Option<PathBuf>,
+        /// cpu, cuda (the first visible GPU) or cuda:N.
+        #[arg(long, default_value = "cpu", value_parser = device_arg)]
+        device: DeviceKind,
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -202,6 +206,9 @@ enum Command {
         noise: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        /// cpu, cuda (the first visible GPU) or cuda:N.
+        #[arg(long, default_value = "cpu", value_parser = device_arg)]
+        device: DeviceKind,
     },
     /// Print the resolved configuration (defaults, file and overrides) as TOML.
     Config {
@@ -330,7 +337,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Score { reward, model, model_config, head, prompt, prompts, raw_prompts, features, grad, images } => {
+        Command::Score {
+            reward,
+            model,
+            model_config,
+            head,
+            prompt,
+            prompts,
+            raw_prompts,
+            features,
+            grad,
+            device,
+            images,
+        } => {
             use fav_trainer::rewards::clip::{score, scoring};
             let kind = score::Kind::parse(&reward).ok_or_else(|| {
                 let names: Vec<&str> = score::Kind::ALL.iter().map(|(n, _)| *n).collect();
@@ -349,19 +368,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("--reward {reward} scores an image against its prompt: give --prompt or --prompts");
             }
             let source = score::Source { kind, model, model_config, head, prompts, raw_prompts, image: [0, 0] };
-            let job = scoring::ScoreJob { source, images, features_out: features, grad_out: grad };
+            let device = fav_trainer::gpu::open_here(device)?;
+            let job = scoring::ScoreJob { source, images, features_out: features, grad_out: grad, device };
             for line in scoring::score(&job).map_err(|e| anyhow::anyhow!(e))? {
                 println!("{}", serde_json::to_string(&line)?);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sample { model, embeddings, lora, steps, guidance, seed, per_prompt, noise, out } => {
+        Command::Sample { model, embeddings, lora, steps, guidance, seed, per_prompt, noise, out, device } => {
             use fav_trainer::models::sana::sample;
             let noise = match noise {
                 Some(f) => sample::NoiseSource::File(f),
                 None => sample::NoiseSource::Seed { seed, per_prompt: per_prompt.max(1) },
             };
-            let job = sample::SampleJob { model, embeddings, lora, steps, guidance, noise, out };
+            let device = fav_trainer::gpu::open_here(device)?;
+            let job = sample::SampleJob { model, embeddings, lora, steps, guidance, noise, out, device };
             for f in sample::sample(&job).map_err(|e| anyhow::anyhow!(e))? {
                 println!("{}", f.display());
             }
@@ -373,6 +394,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--device`: the config's spelling (`cpu`, `cuda`, `cuda:N`).
+fn device_arg(s: &str) -> Result<DeviceKind, String> {
+    DeviceKind::try_from(s.to_string())
 }
 
 fn main() -> ExitCode {

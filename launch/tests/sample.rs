@@ -2,7 +2,7 @@
 //! tiny random transformer and DC-AE, `scripts/fixtures/sana.py`) and a prompt-embeddings file:
 //! given diffusers' initial latents and step noise, the decoded images equal what diffusers'
 //! `SanaSprintPipeline` (4 steps) and `AutoencoderDC.decode` give; a PNG per prompt is written;
-//! embeddings for another model are refused naming the file.
+//! embeddings for another model and a device that cannot be opened are refused, named.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,4 +83,26 @@ fn refuses_embeddings_for_another_model() {
     let err = String::from_utf8_lossy(&st.stderr);
     assert_eq!(st.status.code(), Some(2), "{err}");
     assert!(err.contains("sample_noise.safetensors") && err.contains("prompts"), "{err}");
+}
+
+#[test]
+fn refuses_a_device_it_cannot_open() {
+    let d = common::tmp("sample", "device");
+    // A GPU in a build without CUDA (where the cuda build would ask the driver first), and a
+    // device that is no device: each an error naming it, nothing written.
+    for (device, needle) in [("cuda", "built without CUDA"), ("gpu0", "expected \"cpu\", \"cuda\" or \"cuda:N\"")] {
+        let st = Command::new(env!("CARGO_BIN_EXE_fav"))
+            .args(["sample", "--device", device, "--model"])
+            .arg(pipeline(&d.join(device)))
+            .arg("--embeddings")
+            .arg(data("prompts.safetensors"))
+            .arg("--out")
+            .arg(d.join(device).join("out"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert_eq!(st.status.code(), Some(2), "{device}: {err}");
+        assert!(err.contains(needle) && !err.contains("panicked"), "{device}: {err}");
+        assert!(!d.join(device).join("out").exists(), "{device}");
+    }
 }

@@ -3,15 +3,16 @@
 # (target/gpu-check: the `cuda` fav binary and test binary, compressed, the golden file and the
 # Python packages the PyTorch side lacks there). It builds nothing. In one call, under a deadline:
 #   1. the golden vectors and the SANA-Sprint fixtures on the GPU (the `device` test binary), with
-#      PyTorch's own error on that fixture there in float32 and in TF32, and a GPU that cannot be
-#      opened refused with a clear error;
+#      PyTorch's own error on that fixture there in float32 and in TF32, a GPU that cannot be
+#      opened refused with a clear error, and `fav sample` there against diffusers' images;
 #   2. the tiny t2i FAV step: `fav bench` on the GPU against the same step in diffusers/PyTorch;
 #   3. the step of a SANA-Sprint 0.6B-shaped model (random weights, 1024² latents, K particles of
 #      one prompt) in fav and in PyTorch, with gradient checkpointing: time, images/s and peak
 #      GPU memory;
 #   4. a short toy job on the GPU against the same job on the CPU (same base, final weights), and
 #      again on the GPU (same bits?);
-#   5. the 0.6B step again without checkpointing (peak memory).
+#   5. the 0.6B step again without checkpointing (peak memory);
+#   6. a step too big for the GPU: a clear error, not a panic.
 # Everything lands as JSON under $OUT (gpu-check.json sums it up) with each part's log.
 #
 #   run(command="FAV_CHECK_DEADLINE=480 bash scripts/gpu-check/run.sh", carry=["target/gpu-check"],
@@ -123,14 +124,26 @@ refusals() {
       fav train --set device=\"cuda:64\" --set steps=1 --out "$W/refused" >"$W/$case.txt" 2>&1
     fi
     rc=$?
-    python3 -c 'import json, sys; t = open(sys.argv[2]).read(); print(json.dumps({"case": sys.argv[1], "exit": int(sys.argv[3]),
-      "ok": sys.argv[3] not in ("0", "101", "134") and "device = \"cuda\" (GPU" in t and "panicked" not in t, "log": t[-600:]}))' \
-      $case "$W/$case.txt" $rc >>"$OUT/refusals.jsonl"
+    python3 scripts/gpu-check/judge.py $case "$W/$case.txt" $rc 'device = "cuda" (GPU' >>"$OUT/refusals.jsonl"
   done
   ! grep -q '"ok": false' "$OUT/refusals.jsonl" && [ ! -e "$W/refused" ]
 }
 export -f refusals
 part refusals 30 refusals
+
+# `fav sample --device` on the GPU: the tiny SANA-Sprint pipeline from diffusers' own noise (4
+# steps and the decoder), against diffusers' images (float32 on the CPU: 2e-5 of scale).
+sample_run() {
+  local sana=$root/trainer/tests/data/sana
+  mkdir -p "$W/pipe" && ln -sfn "$sana/transformer" "$W/pipe/transformer" && ln -sfn "$sana/dc_ae_interpolate/vae" "$W/pipe/vae"
+  fav sample --device "$fav_dev" --steps 4 --model "$W/pipe" --embeddings "$sana/prompts.safetensors" \
+    --noise "$sana/sample_noise.safetensors" --out "$W/sample" &&
+    python3 scripts/gpu-check/compare.py "$W/sample/images.safetensors" "$sana/sample_expected.safetensors" \
+      >"$OUT/sample.json"
+}
+export -f sample_run
+export root fav_dev
+part sample 30 sample_run
 
 # 2. The tiny t2i step: fav (its JSON) against PyTorch (one JSON line), K = 4, one pass.
 part tiny-fav 60 with_memory tiny-fav fav bench "${tiny[@]}" --set fav.conditions=1 --set t2i.micro_batch=4 \
@@ -177,10 +190,24 @@ toy_run() {
       >"$OUT/toy-repeat.json"
 }
 export -f toy_run
-export fav_dev
 part toy 90 toy_run
 
 big_step false 90 45
+
+# 6. A step that cannot fit the GPU (128 particles of the 0.6B model at once, nothing
+# checkpointed): the job ends with an error naming the step and what to lower, not a panic — the
+# runtime reports the failed allocation at the step's next readback (`tensors::read`).
+oom() {
+  fav bench "${tiny[@]}" --set fav.batch=128 --set fav.conditions=1 --set t2i.micro_batch=128 \
+    --set t2i.gradient_checkpointing=false --set t2i.decoder_checkpointing=false \
+    --set t2i.model=\"$big/pipeline\" --set t2i.embeddings=\"$big/embeddings.safetensors\" \
+    --set t2i.train_prompts=\"$big/train.txt\" --set t2i.eval_prompts=\"$big/eval.txt\" --warmup 0 --runs 1 \
+    --field-n 16 --field-d 8 --json "$W/oom.json" >"$W/oom.txt" 2>&1
+  python3 scripts/gpu-check/judge.py oom "$W/oom.txt" $? "ran out of memory" | tee "$OUT/oom.json" | grep -q '"ok": true'
+}
+export -f oom
+export big
+[ "$dev" = cuda ] && part oom 60 oom
 
 python3 scripts/gpu-check/summary.py "$OUT" | tee "$OUT/summary.txt"
 note "done"

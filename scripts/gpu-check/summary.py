@@ -60,7 +60,8 @@ parts, refusals = read_jsonl("parts.jsonl") or [], read_jsonl("refusals.jsonl")
 doc = {"machine": (out / "machine.txt").read_text().strip() if (out / "machine.txt").exists() else None,
        "parts": parts, "refusals": refusals, "tests": tests("tests"), "tests_stress": tests("tests-stress"),
        "tf32_torch": torch_line("tf32-torch"), "toy": read_json("toy.json"),
-       "toy_repeat": read_json("toy-repeat.json"), "steps": {}}
+       "toy_repeat": read_json("toy-repeat.json"), "oom": read_json("oom.json"),
+       "sample": read_json("sample.json"), "steps": {}}
 for case in ["tiny", "0.6b-ckpt-true", "0.6b-ckpt-false"]:
     fav_name = "tiny-fav" if case == "tiny" else case.replace("0.6b", "0.6b-fav")
     torch_name = "tiny-torch" if case == "tiny" else case.replace("0.6b", "0.6b-torch")
@@ -83,6 +84,10 @@ if doc["tf32_torch"]:
     print("PyTorch on the SANA fixture here (max error / scale):", doc["tf32_torch"])
 for r in doc["refusals"] or []:
     print(f"refused {r['case']}: exit {r['exit']}, {'clear error' if r['ok'] else 'NOT a clear error'}")
+if doc["sample"]:
+    print("fav sample, tiny pipeline vs diffusers' images: max relative difference", doc["sample"]["max_relative"])
+if doc["oom"]:
+    print(f"step too big for the GPU: exit {doc['oom']['exit']}, {'clear error' if doc['oom']['ok'] else 'NOT a clear error'}")
 if doc["toy"]:
     print("toy job, final weights GPU vs CPU: max relative difference", doc["toy"]["max_relative"])
 if doc["toy_repeat"]:

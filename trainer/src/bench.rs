@@ -20,18 +20,26 @@ pub struct Timing {
 /// Median and minimum of `runs` timed calls after `warmup` untimed ones; `f` must block until
 /// its work is done (read a value back).
 pub fn time(warmup: usize, runs: usize, mut f: impl FnMut()) -> Timing {
-    for _ in 0..warmup {
+    let ok = try_time(warmup, runs, || {
         f();
+        Ok::<_, std::convert::Infallible>(())
+    });
+    ok.unwrap_or_else(|e| match e {})
+}
+
+/// [`time`] of a call that can fail: the first error ends the timing.
+pub fn try_time<E>(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+    for _ in 0..warmup {
+        f()?;
     }
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
     t.sort_by(f64::total_cmp);
-    Timing { median_s: t[t.len() / 2], min_s: t[0], runs }
+    Ok(Timing { median_s: t[t.len() / 2], min_s: t[0], runs })
 }
 
 fn random(rows: usize, cols: usize, key: u64, scale: f32, device: &Device) -> Tensor<2> {
@@ -122,15 +130,16 @@ pub fn step(
     task.start(comm)?;
     let trainer = task.trainer();
     let (mut k, mut parts, mut timed) = (0, Timings::default(), 0);
-    let step = time(warmup, runs, || {
-        comm.barrier().expect("barrier");
-        let s = trainer.step(k).expect("step");
+    let step = try_time(warmup, runs, || {
+        comm.barrier()?;
+        let s = trainer.step(k).map_err(|e| crate::JobError::in_step(e, k))?;
         if k >= warmup {
             parts.add(&s.timings);
             timed += 1;
         }
         k += 1;
-    });
+        Ok::<_, crate::JobError>(())
+    })?;
     Ok(StepBench {
         family: small.family().to_string(),
         batch: cfg.fav.batch,

@@ -83,6 +83,8 @@ pub fn trainable_bytes<M: Module>(m: &M) -> Result<Bytes, CheckpointError> {
         path: Vec<String>,
         out: Vec<crate::lora::NamedTensor>,
         ids: std::collections::BTreeMap<String, u64>,
+        /// The first parameter the device could not give back.
+        failed: Option<String>,
     }
     impl burn::module::ModuleVisitor for Walk {
         fn enter_module(&mut self, name: &str, _: &str) {
@@ -97,12 +99,18 @@ pub fn trainable_bytes<M: Module>(m: &M) -> Result<Bytes, CheckpointError> {
             if t.is_require_grad() {
                 let path = self.path.join(".");
                 self.ids.insert(path.clone(), p.id.val());
-                self.out.push((path, t.dims().to_vec(), crate::tensors::to_vec(&t)));
+                match crate::tensors::read(&t) {
+                    Ok(v) => self.out.push((path, t.dims().to_vec(), v)),
+                    Err(e) => self.failed = self.failed.take().or(Some(format!("reading {path}: {e}"))),
+                }
             }
         }
     }
-    let mut w = Walk { path: Vec::new(), out: Vec::new(), ids: Default::default() };
+    let mut w = Walk { path: Vec::new(), out: Vec::new(), ids: Default::default(), failed: None };
     m.visit(&mut w);
+    if let Some(e) = w.failed {
+        return Err(fmt_err(e));
+    }
     let ids = serde_json::to_string(&w.ids).map_err(fmt_err)?;
     crate::lora::tensors_bytes_with(&w.out, &[("param_ids", ids)]).map(Bytes::from).map_err(fmt_err)
 }

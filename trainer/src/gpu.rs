@@ -5,7 +5,7 @@
 //! could open theirs, so a broken node ends the whole job with an error naming it and its GPU
 //! instead of leaving its peers waiting in the first collective.
 
-use crate::config::Config;
+use crate::config::{Config, DeviceKind};
 use crate::JobError;
 use burn::tensor::Device;
 use fav_comm::Collective;
@@ -13,7 +13,16 @@ use fav_comm::Collective;
 /// The device of `cfg.device` for the rank whose launcher-assigned GPU is `index`, once every
 /// rank of `comm` has opened its own (a CPU job opens nothing and exchanges nothing).
 pub fn open(cfg: &Config, index: usize, comm: &dyn Collective) -> Result<Device, JobError> {
-    let Some(gpu) = cfg.device.gpu(index) else { return Ok(Device::flex()) };
+    open_kind(cfg.device, index, comm)
+}
+
+/// The device of a one-process tool (`fav sample`, `fav score`): `cuda` is the first visible GPU.
+pub fn open_here(kind: DeviceKind) -> Result<Device, JobError> {
+    open_kind(kind, 0, &fav_comm::SingleProcess)
+}
+
+fn open_kind(kind: DeviceKind, index: usize, comm: &dyn Collective) -> Result<Device, JobError> {
+    let Some(gpu) = kind.gpu(index) else { return Ok(Device::flex()) };
     let local = check(gpu).map_err(|reason| JobError::Device(format!("device = \"cuda\" (GPU {gpu}): {reason}")));
     let failed = fav_comm::failed_ranks(comm, local.is_ok())?;
     match local {

@@ -98,68 +98,68 @@ pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Re
     let (t_align, mut timings) = (Instant::now(), Timings::default());
     obs.phase("align", cfg.steps);
     obs.progress(start, f64::NAN);
-    for step in start..cfg.steps {
-        let stats = match task.trainer().step(step) {
-            Ok(s) => s,
-            Err(e) => {
-                // Nothing of this step is saved; the saves already under way are good ones.
-                if let Some(saver) = saver.as_mut() {
-                    let _ = saver.flush();
-                }
-                return Err(e.into());
+    // Every way out of the steps waits for the save under way (a good step's); a stop has.
+    let mut align = || -> Result<Option<Outcome>, JobError> {
+        for step in start..cfg.steps {
+            let stats = task.trainer().step(step).map_err(|e| JobError::in_step(e, step))?;
+            timings.add(&stats.timings);
+            let done = step + 1;
+            obs.progress(done, stats.loss);
+            if due(done, cfg.fav.check_every, cfg.steps) {
+                let digest = task.trainer().digest().map_err(JobError::device(format!("after step {step}")))?;
+                sync::check_in_sync(digest, comm, done).map_err(JobError::Diverged)?;
             }
-        };
-        timings.add(&stats.timings);
-        let done = step + 1;
-        obs.progress(done, stats.loss);
-        if due(done, cfg.fav.check_every, cfg.steps) {
-            sync::check_in_sync(task.trainer().digest(), comm, done).map_err(JobError::Diverged)?;
-        }
-        let stopping = sync::any_rank(stop.load(Ordering::Relaxed), comm)?;
-        if due(done, cfg.eval.every, cfg.steps) {
-            // Rank 0 evaluates; weights whose samples score non-finite stop every rank, unsaved.
-            let mut finite = true;
-            if let Some(log) = metrics.as_mut() {
-                let e = task.evaluate(done, &stats, wall())?;
-                finite = e.finite;
-                if finite {
-                    log.append(&e.line)?;
-                    lines.push(e.line);
-                    obs.eval(e.reward, &e.display);
+            let stopping = sync::any_rank(stop.load(Ordering::Relaxed), comm)?;
+            if due(done, cfg.eval.every, cfg.steps) {
+                // Rank 0 evaluates; weights whose samples score non-finite stop every rank, unsaved.
+                let mut finite = true;
+                if let Some(log) = metrics.as_mut() {
+                    let e = task.evaluate(done, &stats, wall())?;
+                    finite = e.finite;
+                    if finite {
+                        log.append(&e.line)?;
+                        lines.push(e.line);
+                        obs.eval(e.reward, &e.display);
+                    }
+                }
+                if sync::any_rank(!finite, comm)? {
+                    return Err(JobError::NonFinite { what: "evaluation", step: done });
                 }
             }
-            if sync::any_rank(!finite, comm)? {
-                if let Some(saver) = saver.as_mut() {
-                    let _ = saver.flush();
-                }
-                return Err(JobError::NonFinite { what: "evaluation", step: done });
+            if let Some(saver) = saver.as_mut().filter(|_| stopping || due(done, cfg.checkpoint.every, cfg.steps)) {
+                let (model, optimizer) = task.trainer().state()?;
+                let state = State {
+                    step: done,
+                    seed: cfg.seed,
+                    world_size: comm.size(),
+                    metrics: lines.clone(),
+                    wall_s: wall(),
+                    config: cfg.clone(),
+                };
+                let mut parts = vec![
+                    ("trainable.safetensors".to_string(), model),
+                    ("optimizer.burnpack".to_string(), optimizer),
+                    (
+                        "state.json".to_string(),
+                        Bytes::from(serde_json::to_vec_pretty(&state).expect("state serialises")),
+                    ),
+                ];
+                parts.extend(task.checkpoint_parts()?);
+                let meta = serde_json::json!({ "world_size": comm.size(), "task": cfg.task, "family": cfg.family() });
+                saver.save(done as u64, hash.clone(), parts, meta);
+            }
+            if stopping {
+                return stop_with_checkpoint(saver.as_mut(), done, comm).map(Some);
             }
         }
-        if let Some(saver) = saver.as_mut().filter(|_| stopping || due(done, cfg.checkpoint.every, cfg.steps)) {
-            let (model, optimizer) = task.trainer().state()?;
-            let state = State {
-                step: done,
-                seed: cfg.seed,
-                world_size: comm.size(),
-                metrics: lines.clone(),
-                wall_s: wall(),
-                config: cfg.clone(),
-            };
-            let mut parts = vec![
-                ("trainable.safetensors".to_string(), model),
-                ("optimizer.burnpack".to_string(), optimizer),
-                ("state.json".to_string(), Bytes::from(serde_json::to_vec_pretty(&state).expect("state serialises"))),
-            ];
-            parts.extend(task.checkpoint_parts()?);
-            let meta = serde_json::json!({ "world_size": comm.size(), "task": cfg.task, "family": cfg.family() });
-            saver.save(done as u64, hash.clone(), parts, meta);
-        }
-        if stopping {
-            return stop_with_checkpoint(saver.as_mut(), done, comm);
-        }
-    }
-    if let Some(saver) = saver.as_mut() {
+        Ok(None)
+    };
+    let aligned = align();
+    if let (Some(saver), false) = (saver.as_mut(), matches!(aligned, Ok(Some(_)))) {
         let _ = saver.flush();
+    }
+    if let Some(outcome) = aligned? {
+        return Ok(outcome);
     }
     if !lead {
         return Ok(Outcome::Finished(None));

@@ -16,7 +16,7 @@ use crate::noise::{self, Stream};
 use crate::rewards::{field_grad, FeatureMap, Nes, NesKey, Reward};
 use crate::svgd::{self, FieldConfig};
 use crate::sync;
-use crate::tensors::{matrix, to_vec};
+use crate::tensors::{matrix, read, to_vec, DeviceError};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use bytes::Bytes;
@@ -228,11 +228,23 @@ pub enum StepError {
     /// every rank at once.
     #[error("non-finite {what} at step {step}")]
     NonFinite { what: &'static str, step: usize },
+    /// The device failed (out of memory, a faulted kernel), seen at a readback on this rank.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+impl From<sync::ShareError> for StepError {
+    fn from(e: sync::ShareError) -> Self {
+        match e {
+            sync::ShareError::Comm(e) => StepError::Comm(e),
+            sync::ShareError::Device(e) => StepError::Device(e),
+        }
+    }
 }
 
 /// Whether every value is finite.
-fn finite(t: &Tensor<2>) -> bool {
-    to_vec(t).iter().all(|v| v.is_finite())
+fn finite(t: &Tensor<2>) -> Result<bool, DeviceError> {
+    Ok(read(t)?.iter().all(|v| v.is_finite()))
 }
 
 /// Run `f`, adding its seconds to `slot`.
@@ -301,7 +313,7 @@ pub trait Trainer {
     /// or the step fails, as `fav.nonfinite` says).
     fn step(&mut self, step: usize) -> Result<StepStats, StepError>;
     /// SHA-256 of the trainable module's parameters (first 8 bytes): equal on every rank.
-    fn digest(&self) -> [u8; 8];
+    fn digest(&self) -> Result<[u8; 8], DeviceError>;
     /// The trainable module (record bytes, parameter ids included) and its optimiser state.
     fn state(&self) -> Result<(Bytes, Bytes), CheckpointError>;
     /// Continue from [`Trainer::state`] bytes.
@@ -339,8 +351,8 @@ pub fn adamw(weight_decay: f64) -> ModuleOptimizer {
 }
 
 impl<G: Generator> Aligner<'_, G> {
-    fn gather(&self, own: &Tensor<2>) -> Result<Tensor<2>, CommError> {
-        sync::gather_rows(own, self.comm, &self.device)
+    fn gather(&self, own: &Tensor<2>) -> Result<Tensor<2>, StepError> {
+        Ok(sync::gather_rows(own, self.comm, &self.device)?)
     }
 
     /// Generator noise of `seeds` on `device`.
@@ -350,7 +362,7 @@ impl<G: Generator> Aligner<'_, G> {
     }
 
     /// The reference particles of condition `ci` at `step`, the whole set on every rank.
-    fn reference(&self, step: usize, ci: usize, cond: Condition, t: &mut Timings) -> Result<Tensor<2>, CommError> {
+    fn reference(&self, step: usize, ci: usize, cond: Condition, t: &mut Timings) -> Result<Tensor<2>, StepError> {
         match &self.reference {
             Reference::Pool { pool, batch } => Ok(pool.minibatch(self.s.seed, step, ci, *batch, &self.device)),
             Reference::Model(base) => {
@@ -408,8 +420,8 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                 (None, Tensor::cat(parts, 0))
             };
             d = xd.dims()[1];
-            bad[0] += f32::from(!finite(&xd));
-            let r_sum = to_vec(&self.reward.value(&xd, cond)).iter().map(|&r| f64::from(r)).sum::<f64>();
+            bad[0] += f32::from(!finite(&xd)?);
+            let r_sum = read(&self.reward.value(&xd, cond))?.iter().map(|&r| f64::from(r)).sum::<f64>();
             bad[1] += f32::from(!r_sum.is_finite());
             reward_sum += r_sum;
             // ∂L/∂x of the own rows, already scaled for the SUM all-reduce (§6.5).
@@ -419,7 +431,7 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                     // over ranks; it reaches the generator as x·stopgrad(∇r(x)).
                     let g = timed(&mut t.field, || self.reward.grad(&xd, cond))
                         .expect("validated: DRaFT needs a differentiable reward");
-                    bad[2] += f32::from(!finite(&g));
+                    bad[2] += f32::from(!finite(&g)?);
                     loss_sum -= multiplier * r_sum;
                     g.mul_scalar(-multiplier / (k * c) as f64)
                 }
@@ -436,14 +448,14 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                         let u = svgd::total_score(&xd, &y_all, &g, &self.s.field).total;
                         (g, u)
                     });
-                    bad[2] += f32::from(!finite(&g));
-                    bad[3] += f32::from(!finite(&u_own));
+                    bad[2] += f32::from(!finite(&g)?);
+                    bad[3] += f32::from(!finite(&u_own)?);
                     let u_all = timed(&mut t.comm, || self.gather(&u_own))?;
                     let v = timed(&mut t.field, || {
                         let first = self.layout.first_row();
                         svgd::velocity(&xd, &x_all, &u_all, k, first, &self.s.field).velocity
                     });
-                    bad[4] += f32::from(!finite(&v));
+                    bad[4] += f32::from(!finite(&v)?);
                     // ∂L/∂x = −2v/(m·D) per chunk of m own rows, scaled by m/(K·C): −2v/(K·D·C).
                     let (loss_own, grad) = svgd::regression_grad(&v, own);
                     loss_sum += loss_own * (own * d) as f64;
@@ -481,7 +493,7 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
         let (grads, grad_norm) = timed(&mut t.comm, || {
             let reduced = sync::all_reduce_grads(&self.net, grads, self.comm, &self.device, self.s.max_grad_norm)?;
             self.comm.all_reduce_sum(&mut totals)?;
-            Ok::<_, CommError>(reduced)
+            Ok::<_, StepError>(reduced)
         })?;
         let loss = match self.s.objective {
             Objective::Fav => totals[0] as f64 / (k * c * d) as f64,
@@ -503,14 +515,14 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
         }
         let next = timed(&mut t.backward, || self.optim.step(self.s.lr, self.net.clone(), grads));
         // The update itself can overflow (a huge learning rate): never keep such weights.
-        if !sync::all_finite(&next) {
+        if !sync::all_finite(&next)? {
             return Err(StepError::NonFinite { what: "parameters", step });
         }
         self.net = next;
         Ok(StepStats { loss, reward, grad_norm, timings: t, skipped: None })
     }
 
-    fn digest(&self) -> [u8; 8] {
+    fn digest(&self) -> Result<[u8; 8], DeviceError> {
         sync::digest(&self.net)
     }
 

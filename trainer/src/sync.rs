@@ -8,8 +8,16 @@ use bytes::Bytes;
 use fav_comm::{Collective, CommError};
 use sha2::{Digest, Sha256};
 
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data")
+use crate::tensors::{read, DeviceError};
+
+/// Why rows or gradients could not be shared: this device could not give them back, or the
+/// collective failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error(transparent)]
+    Comm(#[from] CommError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
 /// Trainable parameters only: a LoRA-adapted network's frozen base gets no gradient, must not be
@@ -18,9 +26,23 @@ fn trainable<const D: usize>(p: &Param<Tensor<D>>) -> bool {
     p.val().is_require_grad()
 }
 
+/// Values read from a module's tensors in module order, or the first read that failed.
+struct Collect(Result<Vec<f32>, DeviceError>);
+
+impl Collect {
+    fn push<const D: usize>(&mut self, t: &Tensor<D>) {
+        if let Ok(out) = &mut self.0 {
+            match read(t) {
+                Ok(v) => out.extend(v),
+                Err(e) => self.0 = Err(e),
+            }
+        }
+    }
+}
+
 struct Flatten<'a> {
     grads: &'a GradientsParams,
-    out: Vec<f32>,
+    out: Collect,
 }
 
 impl ModuleVisitor for Flatten<'_> {
@@ -28,9 +50,10 @@ impl ModuleVisitor for Flatten<'_> {
         if !trainable(p) {
             return;
         }
-        match self.grads.get::<D>(p.id) {
-            Some(g) => self.out.extend(values(g)),
-            None => self.out.extend(std::iter::repeat_n(0.0, p.val().shape().num_elements())),
+        match (self.grads.get::<D>(p.id), &mut self.out.0) {
+            (Some(g), _) => self.out.push(&g),
+            (None, Ok(out)) => out.extend(std::iter::repeat_n(0.0, p.val().shape().num_elements())),
+            (None, Err(_)) => {}
         }
     }
 }
@@ -56,10 +79,10 @@ impl ModuleVisitor for Unflatten<'_> {
 }
 
 /// The trainable gradients of `module` as one flat buffer in module order.
-fn flatten<M: Module>(module: &M, grads: &GradientsParams) -> Vec<f32> {
-    let mut f = Flatten { grads, out: Vec::new() };
+fn flatten<M: Module>(module: &M, grads: &GradientsParams) -> Result<Vec<f32>, DeviceError> {
+    let mut f = Flatten { grads, out: Collect(Ok(Vec::new())) };
     module.visit(&mut f);
-    f.out
+    f.out.0
 }
 
 fn unflatten<M: Module>(module: &M, flat: &[f32], device: &Device) -> GradientsParams {
@@ -79,8 +102,8 @@ pub fn all_reduce_grads<M: Module>(
     comm: &dyn Collective,
     device: &Device,
     max_norm: f64,
-) -> Result<(GradientsParams, f64), CommError> {
-    let mut flat = flatten(module, &grads);
+) -> Result<(GradientsParams, f64), ShareError> {
+    let mut flat = flatten(module, &grads)?;
     if comm.size() > 1 {
         comm.all_reduce_sum(&mut flat)?;
     }
@@ -94,38 +117,37 @@ pub fn all_reduce_grads<M: Module>(
     Ok((unflatten(module, &flat, device), norm))
 }
 
-/// Whether every trainable parameter of `module` is finite.
-pub fn all_finite<M: Module>(module: &M) -> bool {
-    struct Finite(bool);
-    impl ModuleVisitor for Finite {
+/// Every parameter value of `module` (the trainable ones only, when `trainable_only`) in module
+/// order.
+fn param_values<M: Module>(module: &M, trainable_only: bool) -> Result<Vec<f32>, DeviceError> {
+    struct Values {
+        got: Collect,
+        trainable_only: bool,
+    }
+    impl ModuleVisitor for Values {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if self.0 && trainable(p) {
-                self.0 = values(p.val()).iter().all(|v| v.is_finite());
+            if !self.trainable_only || trainable(p) {
+                self.got.push(&p.val());
             }
         }
     }
-    let mut f = Finite(true);
-    module.visit(&mut f);
-    f.0
+    let mut v = Values { got: Collect(Ok(Vec::new())), trainable_only };
+    module.visit(&mut v);
+    v.got.0
 }
 
-struct Values(Vec<f32>);
-
-impl ModuleVisitor for Values {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        self.0.extend(values(p.val()));
-    }
+/// Whether every trainable parameter of `module` is finite.
+pub fn all_finite<M: Module>(module: &M) -> Result<bool, DeviceError> {
+    Ok(param_values(module, true)?.iter().all(|v| v.is_finite()))
 }
 
 /// SHA-256 of every parameter value in module order (first 8 bytes).
-pub fn digest<M: Module>(module: &M) -> [u8; 8] {
-    let mut v = Values(Vec::new());
-    module.visit(&mut v);
+pub fn digest<M: Module>(module: &M) -> Result<[u8; 8], DeviceError> {
     let mut h = Sha256::new();
-    for x in &v.0 {
+    for x in param_values(module, false)? {
         h.update(x.to_le_bytes());
     }
-    h.finalize()[..8].try_into().expect("8 bytes")
+    Ok(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
 /// Compare parameter digests ([`digest`]) across ranks; `Err` names the ranks that differ from
@@ -188,12 +210,12 @@ pub fn share_resume(
 }
 
 /// All ranks' rows of a `[K/G, D]` block, in rank order, on `device`.
-pub fn gather_rows(own: &Tensor<2>, comm: &dyn Collective, device: &Device) -> Result<Tensor<2>, CommError> {
+pub fn gather_rows(own: &Tensor<2>, comm: &dyn Collective, device: &Device) -> Result<Tensor<2>, ShareError> {
     if comm.size() == 1 {
         return Ok(own.clone());
     }
     let [rows, d] = own.dims();
-    let all = comm.all_gather(&crate::tensors::to_vec(own))?;
+    let all = comm.all_gather(&read(own)?)?;
     Ok(crate::tensors::matrix(all, rows * comm.size(), d, device))
 }
 
@@ -246,8 +268,8 @@ mod tests {
     #[test]
     fn divergence_is_detected_and_named() {
         let net = VaeDecoder::init(&Config::default(), &Device::flex());
-        check_in_sync(digest(&net), &TwoRanks { peer: None }, 10).unwrap();
-        let e = check_in_sync(digest(&net), &TwoRanks { peer: Some(vec![1.0; 4]) }, 10).unwrap_err();
+        check_in_sync(digest(&net).unwrap(), &TwoRanks { peer: None }, 10).unwrap();
+        let e = check_in_sync(digest(&net).unwrap(), &TwoRanks { peer: Some(vec![1.0; 4]) }, 10).unwrap_err();
         assert!(e.contains("diverged at step 10") && e.contains("[1]"), "{e}");
     }
 
@@ -259,9 +281,9 @@ mod tests {
         let net = VaeDecoder::init(&Config::default(), &ad);
         let x = crate::models::mlp::forward(&net.layers, Tensor::<2>::ones([4, 8], &ad));
         let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &net);
-        let flat = flatten(&net, &grads);
+        let flat = flatten(&net, &grads).unwrap();
         assert_eq!(flat.len(), net.num_params());
-        assert_eq!(flatten(&net, &unflatten(&net, &flat, &dev)), flat);
+        assert_eq!(flatten(&net, &unflatten(&net, &flat, &dev)).unwrap(), flat);
     }
 
     #[test]
@@ -277,14 +299,14 @@ mod tests {
         let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &net);
         let one = fav_comm::SingleProcess;
         // Only the adapter (A: 3×1, B: 1×2) is in the bucket, not the frozen 3×2 weight and bias.
-        assert_eq!(flatten(&net, &grads).len(), 5);
+        assert_eq!(flatten(&net, &grads).unwrap().len(), 5);
         let (_, norm) = all_reduce_grads(&net, grads, &one, &dev, 0.0).unwrap();
         assert!(norm > 0.0);
         let x = out(&net);
         let grads = GradientsParams::from_grads((x.clone() * x).sum().backward(), &net);
         let (clipped, before) = all_reduce_grads(&net, grads, &one, &dev, norm / 4.0).unwrap();
         assert_eq!(before, norm);
-        let after = flatten(&net, &clipped).iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
+        let after = flatten(&net, &clipped).unwrap().iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
         assert!((after - norm / 4.0).abs() < 1e-6 * norm, "global norm {after} after clipping to {}", norm / 4.0);
     }
 }

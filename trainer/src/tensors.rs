@@ -8,9 +8,32 @@ pub fn matrix(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Te
     Tensor::from_data(TensorData::new(values, [rows, cols]), device)
 }
 
-/// Row-major f32 values of a tensor.
+/// The device failed computing a tensor: out of memory, or a kernel that faulted. A GPU runtime
+/// (cubecl) attaches such a failure to the buffers the failed work did not write and reports it
+/// when one of them is read, so it surfaces at the next readback: [`read`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeviceError(pub String);
+
+impl DeviceError {
+    /// Whether the device ran out of memory (as cubecl words it), rather than faulted.
+    pub fn out_of_memory(&self) -> bool {
+        let m = self.0.to_ascii_lowercase();
+        m.contains("out of device memory") || m.contains("out-of-memory") || m.contains("out of memory")
+    }
+}
+
+/// Row-major f32 values of a tensor, or the failure of the device work that made it. The
+/// readbacks of a job's step and evaluation use this, so a GPU failure ends the job with an
+/// error naming the step rather than a panic.
+pub fn read<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>, DeviceError> {
+    let data = t.try_to_data().map_err(|e| DeviceError(e.to_string()))?;
+    Ok(data.convert::<f32>().try_into_vec::<f32>().expect("f32 tensor data"))
+}
+
+/// Row-major f32 values of a tensor; panics where [`read`] fails (tests, CPU-only tools).
 pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    t.to_data().convert::<f32>().try_into_vec::<f32>().expect("f32 tensor data")
+    read(t).unwrap_or_else(|e| panic!("reading a tensor: {e}"))
 }
 
 /// Call `f(path, dims, values)` for every float parameter of `module` in module order, adapter

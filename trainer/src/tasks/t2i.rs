@@ -23,7 +23,7 @@ use crate::noise::{self, Stream};
 use crate::observe::Observer;
 use crate::rewards::{self, ImageReward};
 use crate::step::{Aligner, Layout, Objective, Reference, Settings, StepStats};
-use crate::tensors::{matrix, to_vec};
+use crate::tensors::{matrix, read, DeviceError};
 use burn::module::Module;
 use burn::tensor::Device;
 use bytes::Bytes;
@@ -184,7 +184,7 @@ impl T2iTask<'_> {
 
     /// Evaluate `model` on the eval prompts' fixed seeds (the same for every model): the numbers
     /// and the grid samples.
-    fn evaluate_model(&self, model: &SanaSprint) -> (T2iEval, Vec<f32>) {
+    fn evaluate_model(&self, model: &SanaSprint) -> Result<(T2iEval, Vec<f32>), DeviceError> {
         let t = &self.cfg.t2i;
         let reward = self.reward.as_ref().expect("started");
         let (n, dim) = (t.eval_batch, model.noise_dim());
@@ -199,12 +199,12 @@ impl T2iTask<'_> {
                 let z = matrix(noise::normal_rows(self.cfg.seed, Stream::Eval, keys, dim), m, dim, &self.device);
                 let images = model.sample(z, cond, t.sample_steps, None);
                 let f = reward.features.features(images.clone());
-                rewards.extend(to_vec(&reward.reward.value(&f, cond)).into_iter().map(f64::from));
-                feats.extend(to_vec(&f));
+                rewards.extend(read(&reward.reward.value(&f, cond))?.into_iter().map(f64::from));
+                feats.extend(read(&f)?);
                 let keep = t.grid.min(n).saturating_sub(start).min(m);
                 if keep > 0 {
                     let per = images.dims()[1];
-                    grid.extend_from_slice(&to_vec(&images)[..keep * per]);
+                    grid.extend_from_slice(&read(&images)?[..keep * per]);
                 }
             }
             div += super::mean_pairwise_distance(&feats, n);
@@ -219,7 +219,7 @@ impl T2iTask<'_> {
             reward_max: rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             diversity: div / (self.prompts.len() - self.n_train) as f64,
         };
-        (eval, grid)
+        Ok((eval, grid))
     }
 
     /// The aligned transformer's adapters as diffusers' LoRA file.
@@ -300,7 +300,9 @@ impl<'c> Task<'c> for T2iTask<'c> {
     }
 
     fn baseline(&mut self) -> Result<Vec<String>, JobError> {
-        let (eval, grid) = self.evaluate_model(self.base.as_ref().expect("started"));
+        let (eval, grid) = self
+            .evaluate_model(self.base.as_ref().expect("started"))
+            .map_err(JobError::device("evaluating the base model"))?;
         tracing::info!(reward = eval.reward_mean, diversity = eval.diversity, "base model");
         let rec = T2iRecord { step: 0, loss: f64::NAN, train_reward: f64::NAN, grad_norm: f64::NAN, eval, wall_s: 0.0 };
         self.baseline = Some((eval, grid));
@@ -312,7 +314,9 @@ impl<'c> Task<'c> for T2iTask<'c> {
     }
 
     fn evaluate(&mut self, step: usize, stats: &StepStats, wall_s: f64) -> Result<Evaluation, JobError> {
-        let (e, _) = self.evaluate_model(&self.aligner().plain());
+        let (e, _) = self
+            .evaluate_model(&self.aligner().plain())
+            .map_err(JobError::device(format!("evaluating at step {step}")))?;
         let rec = T2iRecord {
             step,
             loss: stats.loss,
@@ -359,7 +363,8 @@ impl<'c> Task<'c> for T2iTask<'c> {
 
     fn finish(&mut self, out: &Path, metrics: &[String], run: &RunInfo) -> Result<Report, JobError> {
         let aligned = self.aligner().plain();
-        let (final_eval, final_grid) = self.evaluate_model(&aligned);
+        let (final_eval, final_grid) =
+            self.evaluate_model(&aligned).map_err(JobError::device("evaluating the aligned model"))?;
         let lora_path = out.join(LORA_FILE);
         crate::weights::write_atomic(&lora_path, &self.lora_bytes()?).map_err(|e| dir_err(&lora_path, e))?;
         let (base_eval, base_grid) = self.baseline.clone().expect("baseline first");

@@ -10,7 +10,7 @@ use super::prompts::{floats, PromptEmbeddings, Shaped};
 use super::scm::Scm;
 use super::{load_decoder, load_transformer};
 use crate::noise::{self, Stream};
-use crate::tensors::to_vec;
+use crate::tensors::read;
 use burn::tensor::{Device, Tensor, TensorData};
 use std::path::PathBuf;
 
@@ -28,6 +28,8 @@ pub struct SampleJob {
     pub guidance: f64,
     pub noise: NoiseSource,
     pub out: PathBuf,
+    /// Where to run ([`crate::gpu::open_here`]).
+    pub device: Device,
 }
 
 /// Latents and step noise read from a file, or drawn from seeds; and which prompt each sample is.
@@ -88,7 +90,7 @@ pub fn sample(job: &SampleJob) -> Result<Vec<PathBuf>, String> {
     if job.steps == 0 {
         return Err("--steps must be at least 1".into());
     }
-    let device = Device::default();
+    let device = job.device.clone();
     let (model, cfg) = load_transformer(&job.model, &device).map_err(|e| e.to_string())?;
     let model = match &job.lora {
         Some(f) => super::lora::merge_diffusers_lora(model, f).map_err(|e| e.to_string())?,
@@ -103,7 +105,7 @@ pub fn sample(job: &SampleJob) -> Result<Vec<PathBuf>, String> {
         Scm::default().sample(&model, latents, &prompts, job.guidance * cfg.guidance_embeds_scale, &step_noise, None);
     let images = ae.decoder.forward(z.div_scalar(ae_cfg.scaling_factor));
     let [n, _, h, w] = images.dims();
-    let values = to_vec(&images);
+    let values = read(&images).map_err(|e| format!("the device failed making the samples: {e}"))?;
     std::fs::create_dir_all(&job.out).map_err(|e| format!("{}: {e}", job.out.display()))?;
     let mut written = Vec::new();
     let per_prompt = n / emb.prompts.len().max(1);

@@ -19,6 +19,8 @@ pub struct ScoreJob {
     pub images: Vec<PathBuf>,
     pub features_out: Option<PathBuf>,
     pub grad_out: Option<PathBuf>,
+    /// Where to run ([`crate::gpu::open_here`]).
+    pub device: Device,
 }
 
 /// One image's result.
@@ -56,9 +58,9 @@ fn prompt_of(prompts: &[String], i: usize) -> (Condition, Option<String>) {
     }
 }
 
-/// Score every image (on the default device); write the features and gradients if asked.
+/// Score every image on the job's device; write the features and gradients if asked.
 pub fn score(job: &ScoreJob) -> Result<Vec<Scored>, String> {
-    let device = &Device::default();
+    let device = &job.device;
     let n_prompts = job.source.prompts.len();
     if n_prompts > 1 && n_prompts != job.images.len() {
         return Err(format!("{n_prompts} prompts for {} images: give one prompt, or one per image", job.images.len()));
