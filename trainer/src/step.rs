@@ -440,15 +440,17 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                     let x_all = timed(&mut t.comm, || self.gather(&xd))?;
                     // §6.7: scores of own rows only, then shared. A black-box gradient is
                     // estimated once per particle, by the rank that owns it.
-                    let (g, u_own) = timed(&mut t.field, || {
+                    let g = timed(&mut t.field, || {
                         let key = NesKey { seed: self.s.seed, step, condition: ci };
                         let (sigma, samples) = (self.s.nes_sigma, self.s.nes_samples);
                         let nes = Nes { particle_seeds: &gen_seeds, key, sigma, samples };
-                        let g = field_grad(self.reward.as_ref(), &xd, cond, self.s.reward_grad, nes);
-                        let u = svgd::total_score(&xd, &y_all, &g, &self.s.field).total;
-                        (g, u)
+                        field_grad(self.reward.as_ref(), &xd, cond, self.s.reward_grad, nes)
                     });
                     bad[2] += f32::from(!finite(&g)?);
+                    // The field's inputs read back here first: on a GPU its host kernel would
+                    // panic on a failure of the reference pass (one rank gathers nothing).
+                    read(&y_all)?;
+                    let u_own = timed(&mut t.field, || svgd::total_score(&xd, &y_all, &g, &self.s.field).total);
                     bad[3] += f32::from(!finite(&u_own)?);
                     let u_all = timed(&mut t.comm, || self.gather(&u_own))?;
                     let v = timed(&mut t.field, || {

@@ -117,37 +117,38 @@ pub fn all_reduce_grads<M: Module>(
     Ok((unflatten(module, &flat, device), norm))
 }
 
-/// Every parameter value of `module` (the trainable ones only, when `trainable_only`) in module
-/// order.
-fn param_values<M: Module>(module: &M, trainable_only: bool) -> Result<Vec<f32>, DeviceError> {
-    struct Values {
-        got: Collect,
-        trainable_only: bool,
-    }
-    impl ModuleVisitor for Values {
+/// Whether every trainable parameter of `module` is finite.
+pub fn all_finite<M: Module>(module: &M) -> Result<bool, DeviceError> {
+    struct Trainable(Collect);
+    impl ModuleVisitor for Trainable {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if !self.trainable_only || trainable(p) {
-                self.got.push(&p.val());
+            if trainable(p) {
+                self.0.push(&p.val());
             }
         }
     }
-    let mut v = Values { got: Collect(Ok(Vec::new())), trainable_only };
+    let mut v = Trainable(Collect(Ok(Vec::new())));
     module.visit(&mut v);
-    v.got.0
+    Ok(v.0 .0?.iter().all(|v| v.is_finite()))
 }
 
-/// Whether every trainable parameter of `module` is finite.
-pub fn all_finite<M: Module>(module: &M) -> Result<bool, DeviceError> {
-    Ok(param_values(module, true)?.iter().all(|v| v.is_finite()))
-}
-
-/// SHA-256 of every parameter value in module order (first 8 bytes).
+/// SHA-256 of every parameter value in module order (first 8 bytes), one tensor read at a time: a
+/// frozen base of billions of parameters never sits on the host whole.
 pub fn digest<M: Module>(module: &M) -> Result<[u8; 8], DeviceError> {
-    let mut h = Sha256::new();
-    for x in param_values(module, false)? {
-        h.update(x.to_le_bytes());
+    struct Hash(Result<Sha256, DeviceError>);
+    impl ModuleVisitor for Hash {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Ok(h) = &mut self.0 {
+                match read(&p.val()) {
+                    Ok(v) => v.iter().for_each(|x| h.update(x.to_le_bytes())),
+                    Err(e) => self.0 = Err(e),
+                }
+            }
+        }
     }
-    Ok(h.finalize()[..8].try_into().expect("8 bytes"))
+    let mut h = Hash(Ok(Sha256::new()));
+    module.visit(&mut h);
+    Ok(h.0?.finalize()[..8].try_into().expect("8 bytes"))
 }
 
 /// Compare parameter digests ([`digest`]) across ranks; `Err` names the ranks that differ from
@@ -271,6 +272,17 @@ mod tests {
         check_in_sync(digest(&net).unwrap(), &TwoRanks { peer: None }, 10).unwrap();
         let e = check_in_sync(digest(&net).unwrap(), &TwoRanks { peer: Some(vec![1.0; 4]) }, 10).unwrap_err();
         assert!(e.contains("diverged at step 10") && e.contains("[1]"), "{e}");
+    }
+
+    #[test]
+    fn the_digest_hashes_every_value_in_module_order() {
+        // Read tensor by tensor, it must still be the hash of the whole parameter vector.
+        let net = VaeDecoder::init(&Config::default(), &Device::flex());
+        let mut h = Sha256::new();
+        crate::tensors::each_param(&net, |_, _, t| {
+            crate::tensors::to_vec(&t).iter().for_each(|x| h.update(x.to_le_bytes()));
+        });
+        assert_eq!(digest(&net).unwrap()[..], h.finalize()[..8]);
     }
 
     #[test]
