@@ -529,7 +529,7 @@ fn bench(
         1e3 * p.backward,
         1e3 * p.comm
     );
-    let field = (comm.size() == 1).then(|| bench::field(field_n, field_d, runs.min(5), &device));
+    let field = (comm.size() == 1).then(|| bench::field(field_n, field_d, runs.min(5), &device)).transpose()?;
     if let Some(field) = &field {
         println!(
             "transport field N=M={} D={}: {:.1} ms, {:.1} GFLOP/s | GEMM {}x{}x{}: {:.1} GFLOP/s | field at \

@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::noise::{self, Stream};
 use crate::step::Timings;
 use crate::svgd::{self, FieldConfig, KdeClamp, Repulsion};
-use crate::tensors::matrix;
+use crate::tensors::{matrix, DeviceError};
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 use std::time::Instant;
@@ -68,7 +68,7 @@ pub struct FieldBench {
 
 /// The transport field (total score + velocity) for N = M particles of dimension D, against one
 /// `[N, D] × [D, M]` GEMM on the same device.
-pub fn field(n: usize, d: usize, runs: usize, device: &Device) -> FieldBench {
+pub fn field(n: usize, d: usize, runs: usize, device: &Device) -> Result<FieldBench, DeviceError> {
     // Unit-norm-ish features with τ = 0.3, like the image settings.
     let scale = (1.0 / d as f32).sqrt();
     let x = random(n, d, 1, scale, device);
@@ -83,14 +83,17 @@ pub fn field(n: usize, d: usize, runs: usize, device: &Device) -> FieldBench {
         tile_elems: 1 << 22,
         engine: Default::default(),
     };
-    let field = time(1, runs, || block(&svgd::transport(&x, &y, &g, &cfg).field.velocity));
+    let field = try_time(1, runs, || {
+        block(&svgd::transport(&x, &y, &g, &cfg)?.field.velocity);
+        Ok(())
+    })?;
     let yt = y.clone().transpose();
     let gemm = time(1, runs, || block(&x.clone().matmul(yt.clone())));
     let one = 2.0 * (n * n * d) as f64 / 1e9;
     let field_gflop = 5.0 * one;
     let field_gflops = field_gflop / field.median_s;
     let gemm_gflops = one / gemm.median_s;
-    FieldBench {
+    Ok(FieldBench {
         n,
         m: n,
         d,
@@ -100,7 +103,7 @@ pub fn field(n: usize, d: usize, runs: usize, device: &Device) -> FieldBench {
         gemm,
         gemm_gflops,
         fraction_of_gemm: field_gflops / gemm_gflops,
-    }
+    })
 }
 
 #[derive(Debug, Serialize)]

@@ -101,7 +101,7 @@ pub fn trainable_bytes<M: Module>(m: &M) -> Result<Bytes, CheckpointError> {
                 self.ids.insert(path.clone(), p.id.val());
                 match crate::tensors::read(&t) {
                     Ok(v) => self.out.push((path, t.dims().to_vec(), v)),
-                    Err(e) => self.failed = self.failed.take().or(Some(format!("reading {path}: {e}"))),
+                    Err(e) => _ = self.failed.get_or_insert_with(|| format!("reading {path}: {e}")),
                 }
             }
         }

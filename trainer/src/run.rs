@@ -154,13 +154,10 @@ pub fn run_on(cfg: &Config, out: &Path, obs: &mut dyn Observer, env: &Env) -> Re
         }
         Ok(None)
     };
-    let aligned = align();
-    if let (Some(saver), false) = (saver.as_mut(), matches!(aligned, Ok(Some(_)))) {
-        let _ = saver.flush();
-    }
-    if let Some(outcome) = aligned? {
+    if let Some(outcome) = align().inspect_err(|_| flush(saver.as_mut()))? {
         return Ok(outcome);
     }
+    flush(saver.as_mut());
     if !lead {
         return Ok(Outcome::Finished(None));
     }
@@ -244,6 +241,13 @@ impl MetricsLog {
 
     fn append(&mut self, line: &str) -> Result<(), JobError> {
         writeln!(self.file, "{line}").and_then(|_| self.file.flush()).map_err(|e| dir_err(&self.path, e))
+    }
+}
+
+/// Wait for the save under way, if any (its failure is logged by the saver).
+fn flush(saver: Option<&mut Saver>) {
+    if let Some(saver) = saver {
+        let _ = saver.flush();
     }
 }
 

@@ -447,16 +447,14 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                         field_grad(self.reward.as_ref(), &xd, cond, self.s.reward_grad, nes)
                     });
                     bad[2] += f32::from(!finite(&g)?);
-                    // The field's inputs read back here first: on a GPU its host kernel would
-                    // panic on a failure of the reference pass (one rank gathers nothing).
-                    read(&y_all)?;
-                    let u_own = timed(&mut t.field, || svgd::total_score(&xd, &y_all, &g, &self.s.field).total);
+                    let u_own = timed(&mut t.field, || svgd::total_score(&xd, &y_all, &g, &self.s.field))?.total;
                     bad[3] += f32::from(!finite(&u_own)?);
                     let u_all = timed(&mut t.comm, || self.gather(&u_own))?;
                     let v = timed(&mut t.field, || {
                         let first = self.layout.first_row();
-                        svgd::velocity(&xd, &x_all, &u_all, k, first, &self.s.field).velocity
-                    });
+                        svgd::velocity(&xd, &x_all, &u_all, k, first, &self.s.field)
+                    })?
+                    .velocity;
                     bad[4] += f32::from(!finite(&v)?);
                     // ∂L/∂x = −2v/(m·D) per chunk of m own rows, scaled by m/(K·C): −2v/(K·D·C).
                     let (loss_own, grad) = svgd::regression_grad(&v, own);

@@ -153,7 +153,7 @@ fn run_case(case: &Value, tol: &Tol, dev: &Device, engine: Engine, tile_elems: u
 
     // Canonical conventions: image clamp, one-sided repulsion.
     let cfg = cfg_of(inputs, KdeClamp::Image, Repulsion::OneSided, engine, tile_elems, &name);
-    let step = svgd::transport(&x, &y, &g, &cfg);
+    let step = svgd::transport(&x, &y, &g, &cfg).unwrap();
     for (k, t) in [
         ("prior_score", &step.score.prior),
         ("total_score", &step.score.total),
@@ -181,7 +181,7 @@ fn run_case(case: &Value, tol: &Tol, dev: &Device, engine: Engine, tile_elems: u
         assert_eq!((*zi as f64) < svgd::Z_CLAMP, clamped.contains(&i), "{name}: clamp status of row {i} (Z = {zi})");
     }
     let cfg2 = FieldConfig { repulsion: Repulsion::TwoSided, ..cfg.clone() };
-    let two = svgd::velocity(&x, &x, &step.score.total, x.dims()[0], 0, &cfg2);
+    let two = svgd::velocity(&x, &x, &step.score.total, x.dims()[0], 0, &cfg2).unwrap();
     for (k, t) in [("repulsive_two_sided", &two.repulsive), ("velocity_two_sided", &two.velocity)] {
         let w = mat(field(variants, k, &name), k).0;
         rep.check(&to_vec(t), &w, tol, &format!("{name}.{k}"));
@@ -189,7 +189,7 @@ fn run_case(case: &Value, tol: &Tol, dev: &Device, engine: Engine, tile_elems: u
     let toy = field(variants, "prior_score_toy_clamp", &name);
     if !toy.is_null() {
         let cfg3 = FieldConfig { kde_clamp: KdeClamp::Toy, ..cfg.clone() };
-        let s = svgd::total_score(&x, &y, &g, &cfg3);
+        let s = svgd::total_score(&x, &y, &g, &cfg3).unwrap();
         rep.check(&to_vec(&s.prior), &mat(toy, "toy").0, tol, &format!("{name}.prior_score_toy_clamp"));
     } else {
         assert!(cfg.temps_kde.len() != 1, "{name}: toy clamp missing for a single temperature");
@@ -230,7 +230,7 @@ fn run_shards(
             assert_eq!(field(shard, "row_end", &ctx).as_u64(), Some(b as u64), "{ctx}: row_end");
             let xr = x.clone().slice_dim(0, a..b);
             let gr = g.clone().slice_dim(0, a..b);
-            let s = svgd::total_score(&xr, y, &gr, cfg);
+            let s = svgd::total_score(&xr, y, &gr, cfg).unwrap();
             let w = mat(field(shard, "total_score", &ctx), "total_score").0;
             rep.check(&to_vec(&s.total), &w, tol, &format!("{ctx}.total_score"));
             u_parts.push(s.total);
@@ -241,7 +241,7 @@ fn run_shards(
             let (a, b) = (r * n / g_ranks, (r + 1) * n / g_ranks);
             let ctx = format!("{name}.G{g_ranks}.r{r}");
             let xr = x.clone().slice_dim(0, a..b);
-            let f = svgd::velocity(&xr, x, &u_all, n, a, cfg);
+            let f = svgd::velocity(&xr, x, &u_all, n, a, cfg).unwrap();
             for (k, t) in [("driving", &f.driving), ("repulsive", &f.repulsive), ("velocity", &f.velocity)] {
                 let w = mat(field(shard, k, &ctx), k).0;
                 rep.check(&to_vec(t), &w, tol, &format!("{ctx}.{k}"));

@@ -19,7 +19,7 @@ pub mod host;
 
 pub use config::{Engine, FieldConfig, KdeClamp, Repulsion, Z_CLAMP};
 
-use crate::tensors::{matrix, to_vec};
+use crate::tensors::{matrix, read, DeviceError};
 use burn::tensor::{Device, Tensor};
 
 /// On the CPU the fused host kernel wins while a row's distances are cheap relative to its
@@ -194,13 +194,23 @@ fn prepare(x_rows: &Tensor<2>, cols: &Tensor<2>) -> (Tensor<2>, Tensor<2>, Optio
 }
 
 /// §2.3 / §2.4 — prior score of `x_rows` from the reference set `y_all`, and the total score
-/// `u = s + β g` (§0 step 2). `g_rows` is the reward gradient at the same rows.
-pub fn total_score(x_rows: &Tensor<2>, y_all: &Tensor<2>, g_rows: &Tensor<2>, cfg: &FieldConfig) -> Score {
+/// `u = s + β g` (§0 step 2). `g_rows` is the reward gradient at the same rows. `Err`: the host
+/// kernel could not read its inputs back (the device failed making them).
+pub fn total_score(
+    x_rows: &Tensor<2>,
+    y_all: &Tensor<2>,
+    g_rows: &Tensor<2>,
+    cfg: &FieldConfig,
+) -> Result<Score, DeviceError> {
     if cfg.engine.host(x_rows) {
         let [n, d] = x_rows.dims();
         let dev = x_rows.device();
-        let (p, t, z) = host::total_score(&to_vec(x_rows), &to_vec(y_all), &to_vec(g_rows), d, cfg);
-        return Score { prior: matrix(p, n, d, &dev), total: matrix(t, n, d, &dev), normalizer: matrix(z, n, 1, &dev) };
+        let (p, t, z) = host::total_score(&read(x_rows)?, &read(y_all)?, &read(g_rows)?, d, cfg);
+        return Ok(Score {
+            prior: matrix(p, n, d, &dev),
+            total: matrix(t, n, d, &dev),
+            normalizer: matrix(z, n, 1, &dev),
+        });
     }
     let (xs, ys, y_sq) = prepare(x_rows, y_all);
     let rows = tile_rows(x_rows.dims()[0], y_all.dims()[0], cfg.tile_elems);
@@ -236,7 +246,7 @@ pub fn total_score(x_rows: &Tensor<2>, y_all: &Tensor<2>, g_rows: &Tensor<2>, cf
         [s, z_sum]
     });
     let total = prior.clone() + g_rows.clone().mul_scalar(cfg.beta);
-    Score { prior, total, normalizer }
+    Ok(Score { prior, total, normalizer })
 }
 
 /// `[rows, cols]` with 1 everywhere but at the self pairs `(r, first + r)`.
@@ -254,7 +264,8 @@ fn off_self(rows: usize, cols: usize, first: usize, device: &Device) -> Tensor<2
 
 /// §3.2–§3.5 — SVGD velocity of `x_rows` against the gathered set `x_all` with total scores
 /// `u_all`. `x_rows` are rows `first_row..` of `x_all` (their self pairs are known);
-/// `n_global` is the global particle count of the group (the driving normaliser).
+/// `n_global` is the global particle count of the group (the driving normaliser). `Err` as
+/// [`total_score`]'s.
 pub fn velocity(
     x_rows: &Tensor<2>,
     x_all: &Tensor<2>,
@@ -262,15 +273,15 @@ pub fn velocity(
     n_global: usize,
     first_row: usize,
     cfg: &FieldConfig,
-) -> Field {
+) -> Result<Field, DeviceError> {
     let [n, d] = x_rows.dims();
     assert!(first_row + n <= x_all.dims()[0], "rows {first_row}..{} are not rows of the gathered set", first_row + n);
     if cfg.engine.host(x_rows) {
         let dev = x_rows.device();
-        let (dr, rp) = host::velocity(&to_vec(x_rows), &to_vec(x_all), &to_vec(u_all), d, n_global, cfg);
+        let (dr, rp) = host::velocity(&read(x_rows)?, &read(x_all)?, &read(u_all)?, d, n_global, cfg);
         let (driving, repulsive) = (matrix(dr, n, d, &dev), matrix(rp, n, d, &dev));
         let velocity = driving.clone() + repulsive.clone();
-        return Field { driving, repulsive, velocity };
+        return Ok(Field { driving, repulsive, velocity });
     }
     let (xs, cols, x_sq) = prepare(x_rows, x_all);
     let inv_n = 1.0 / n_global as f64;
@@ -309,7 +320,7 @@ pub fn velocity(
         [driving, repulsive]
     });
     let velocity = driving.clone() + repulsive.clone();
-    Field { driving, repulsive, velocity }
+    Ok(Field { driving, repulsive, velocity })
 }
 
 /// §4.1–§4.2 — the fixed-point pseudo-loss value `mean(v²)` over these rows and its exact
@@ -331,10 +342,10 @@ pub struct Step {
 }
 
 /// The full single-group update of §0 (all rows are this process's rows).
-pub fn transport(x: &Tensor<2>, y: &Tensor<2>, g: &Tensor<2>, cfg: &FieldConfig) -> Step {
+pub fn transport(x: &Tensor<2>, y: &Tensor<2>, g: &Tensor<2>, cfg: &FieldConfig) -> Result<Step, DeviceError> {
     let n = x.dims()[0];
-    let score = total_score(x, y, g, cfg);
-    let field = velocity(x, x, &score.total, n, 0, cfg);
+    let score = total_score(x, y, g, cfg)?;
+    let field = velocity(x, x, &score.total, n, 0, cfg)?;
     let (loss, grad) = regression_grad(&field.velocity, n);
-    Step { score, field, loss, grad }
+    Ok(Step { score, field, loss, grad })
 }
