@@ -11,6 +11,7 @@
 //! [`peft_tensors`] names them as PEFT does (`<path>.lora_A.weight` `[r, in…]`,
 //! `<path>.lora_B.weight` `[out, r…]`), so diffusers and PEFT load them back.
 
+use crate::tensors::{read, DeviceError};
 use burn::module::{Lora, Module, Param, ParamGroup, Reparameterization, Reparameterizer};
 use burn::tensor::{Distribution, FloatDType, Tensor};
 
@@ -251,8 +252,9 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
 /// The adapters under PEFT names, unscaled (rank and α go in the adapter config), in module
 /// order: `lora_A.weight` `[r, in]` / `[r, in, kh, kw]`, `lora_B.weight` `[out, r]` / `[out, r, 1, 1]`.
-pub fn peft_tensors<M: Module>(module: &M) -> Vec<NamedTensor> {
-    let mut out = Vec::new();
+/// `Err`: the device failed computing an adapter (the first failure).
+pub fn peft_tensors<M: Module>(module: &M) -> Result<Vec<NamedTensor>, DeviceError> {
+    let (mut out, mut failed) = (Vec::new(), None);
     // Only the adapters' values are read (a base can be large).
     crate::tensors::each_param(module, |path, dims, t| {
         let Some((layer, factor)) = path
@@ -264,12 +266,17 @@ pub fn peft_tensors<M: Module>(module: &M) -> Vec<NamedTensor> {
         };
         let (shape, values) = match dims.len() {
             // burn's linear factors are the transposes of PEFT's: A [in, r] → [r, in].
-            2 => (vec![dims[1], dims[0]], crate::tensors::to_vec(&t.reshape([dims[0], dims[1]]).transpose())),
-            _ => (dims.to_vec(), crate::tensors::to_vec(&t)),
+            2 => (vec![dims[1], dims[0]], read(&t.reshape([dims[0], dims[1]]).transpose())),
+            _ => (dims.to_vec(), read(&t)),
         };
-        out.push((format!("{layer}.lora_{factor}.weight"), shape, values));
+        match values {
+            Ok(values) => out.push((format!("{layer}.lora_{factor}.weight"), shape, values)),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
     });
-    out
+    failed.map_or(Ok(out), Err)
 }
 
 /// Named f32 tensors as safetensors bytes, with `format = pt` metadata as PEFT writes it.
@@ -361,7 +368,7 @@ mod tests {
         assert!(max_abs(v2 - v3) < 1e-5 && max_abs(i2 - i3) < 1e-5);
         assert_eq!(layers(&m), layers(&base), "merged: the base's names");
 
-        let t = peft_tensors(&net);
+        let t = peft_tensors(&net).unwrap();
         let names: Vec<(&str, &[usize])> = t.iter().map(|(n, s, _)| (n.as_str(), s.as_slice())).collect();
         assert_eq!(
             names,

@@ -16,7 +16,7 @@ use crate::noise::{self, Stream};
 use crate::rewards::{field_grad, FeatureMap, Nes, NesKey, Reward};
 use crate::svgd::{self, FieldConfig};
 use crate::sync;
-use crate::tensors::{matrix, read, to_vec, DeviceError};
+use crate::tensors::{matrix, read, DeviceError};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use bytes::Bytes;
@@ -85,7 +85,8 @@ impl Layout {
 }
 
 /// Samples of the frozen base, drawn once before alignment (§8, toy). Each rank draws its share
-/// of the rows and the shares are all-gathered, so every rank holds the whole pool.
+/// of the rows and the shares are all-gathered, so every rank holds the whole pool. `Err`: the
+/// gather, or the device drawing this rank's share, failed.
 pub struct RefPool {
     rows: Vec<f32>,
     n: usize,
@@ -102,7 +103,7 @@ impl RefPool {
         base: &G,
         device: &Device,
         comm: &dyn Collective,
-    ) -> Result<Self, CommError> {
+    ) -> Result<Self, sync::ShareError> {
         let g = comm.size();
         let share = size.div_ceil(g);
         let (lo, hi) = ((comm.rank() * share).min(size), ((comm.rank() + 1) * share).min(size));
@@ -115,7 +116,7 @@ impl RefPool {
             let z = noise::normal_rows(seed, Stream::RefPool, start as u64..end as u64, dim);
             let x = base.sample(matrix(z, end - start, dim, device), Condition::None, steps, None);
             d = x.dims()[1];
-            mine.extend(to_vec(&x));
+            mine.extend(read(&x)?);
             start = end;
         }
         // Every rank needs D for the padding, even one that drew nothing.
@@ -421,7 +422,7 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
             };
             d = xd.dims()[1];
             bad[0] += f32::from(!finite(&xd)?);
-            let r_sum = read(&self.reward.value(&xd, cond))?.iter().map(|&r| f64::from(r)).sum::<f64>();
+            let r_sum = read(&self.reward.value(&xd, cond)?)?.iter().map(|&r| f64::from(r)).sum::<f64>();
             bad[1] += f32::from(!r_sum.is_finite());
             reward_sum += r_sum;
             // ∂L/∂x of the own rows, already scaled for the SUM all-reduce (§6.5).
@@ -445,7 +446,7 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                         let (sigma, samples) = (self.s.nes_sigma, self.s.nes_samples);
                         let nes = Nes { particle_seeds: &gen_seeds, key, sigma, samples };
                         field_grad(self.reward.as_ref(), &xd, cond, self.s.reward_grad, nes)
-                    });
+                    })?;
                     bad[2] += f32::from(!finite(&g)?);
                     let u_own = timed(&mut t.field, || svgd::total_score(&xd, &y_all, &g, &self.s.field))?.total;
                     bad[3] += f32::from(!finite(&u_own)?);
@@ -457,7 +458,7 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
                     .velocity;
                     bad[4] += f32::from(!finite(&v)?);
                     // ∂L/∂x = −2v/(m·D) per chunk of m own rows, scaled by m/(K·C): −2v/(K·D·C).
-                    let (loss_own, grad) = svgd::regression_grad(&v, own);
+                    let (loss_own, grad) = svgd::regression_grad(&v, own)?;
                     loss_sum += loss_own * (own * d) as f64;
                     grad.mul_scalar(own as f64 / (k * c) as f64)
                 }
@@ -547,5 +548,73 @@ impl<G: Generator> Aligner<'_, G> {
     /// The aligned generator without autodiff, for sampling and saving.
     pub fn plain(&self) -> G {
         self.net.valid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::models::toy::VaeDecoder;
+    use crate::models::Family;
+    use crate::rewards::Identity;
+    use burn::module::Module;
+
+    /// A black box whose device work fails: on every call, or only on NES's perturbed copies
+    /// (more rows than the step's particles), as a GPU out of memory there would.
+    struct Failing {
+        rows_ok: usize,
+    }
+
+    impl Reward for Failing {
+        fn value(&self, x: &Tensor<2>, _: Condition) -> Result<Tensor<2>, DeviceError> {
+            let n = x.dims()[0];
+            if n > self.rows_ok {
+                return Err(DeviceError("out of device memory allocating 4096 bytes".into()));
+            }
+            Ok(x.clone().sum_dim(1))
+        }
+
+        fn grad(&self, _: &Tensor<2>, _: Condition) -> Option<Tensor<2>> {
+            None
+        }
+
+        fn black_box(&self) -> bool {
+            true
+        }
+    }
+
+    /// A device failure seen by the reward (its values, or the NES estimate's) ends the step with
+    /// that error — not a panic, not a skipped step — and the weights are not updated.
+    #[test]
+    fn a_device_failure_in_the_reward_ends_the_step_with_the_error() {
+        let mut cfg = Config::default();
+        cfg.fav.batch = 4;
+        cfg.fav.conditions = 1;
+        cfg.fav.reward_grad = RewardGrad::Nes;
+        let device = Device::flex();
+        let base = VaeDecoder::init(&cfg, &device);
+        for rows_ok in [0, cfg.fav.batch] {
+            let mut aligner = Aligner {
+                net: base.clone().to_device(&device.clone().autodiff()).train().set_require_grad(true),
+                reference: Reference::Model(base.clone()),
+                features: Rc::new(Identity),
+                reward: Rc::new(Failing { rows_ok }),
+                schedule: Box::new(|_| vec![Condition::None]),
+                optim: adamw(0.0),
+                s: Settings::new(&cfg, Objective::Fav, cfg.model.sample_steps),
+                layout: Layout::new(cfg.fav.batch, 1, 1, 0).unwrap(),
+                device: device.clone(),
+                comm: &fav_comm::SingleProcess,
+                skipped: 0,
+            };
+            let before = sync::digest(&aligner.net).unwrap();
+            match aligner.step(0) {
+                Err(StepError::Device(e)) => assert!(e.out_of_memory(), "{e}"),
+                other => panic!("rows_ok {rows_ok}: expected the device failure, got {:?}", other.map(|s| s.loss)),
+            }
+            assert_eq!(sync::digest(&aligner.net).unwrap(), before, "rows_ok {rows_ok}: the weights moved");
+            assert_eq!(aligner.skipped, 0, "a device failure is not a non-finite step to skip");
+        }
     }
 }

@@ -31,6 +31,11 @@ pub fn read<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>, DeviceError> {
     Ok(data.convert::<f32>().try_into_vec::<f32>().expect("f32 tensor data"))
 }
 
+/// The value of a one-element tensor (a loss), or the failure of the device work that made it.
+pub fn scalar(t: &Tensor<1>) -> Result<f64, DeviceError> {
+    Ok(f64::from(read(t)?[0]))
+}
+
 /// Row-major f32 values of a tensor; panics where [`read`] fails (tests, CPU-only tools).
 pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     read(t).unwrap_or_else(|e| panic!("reading a tensor: {e}"))

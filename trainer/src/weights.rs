@@ -387,18 +387,21 @@ pub fn param_shapes<M: Module>(module: &M) -> Vec<(String, String, Vec<usize>)> 
     w.out
 }
 
-/// A weights file with NaN or infinity in it is damaged: name the first such tensor.
+/// A weights file with NaN or infinity in it is damaged: name the first such tensor. Reading
+/// the loaded values back is also where a device too small for the model says so.
 fn refuse_non_finite<M: Module>(module: &M) -> Result<(), String> {
     let mut bad = None;
     crate::tensors::each_param(module, |path, _, t| {
-        if bad.is_none() && !crate::tensors::to_vec(&t).iter().all(|v| v.is_finite()) {
-            bad = Some(path.to_string());
+        if bad.is_some() {
+            return;
         }
+        bad = match crate::tensors::read(&t) {
+            Ok(v) if v.iter().all(|v| v.is_finite()) => None,
+            Ok(_) => Some(format!("tensor {path} holds NaN or infinite values")),
+            Err(e) => Some(format!("tensor {path}: the device failed loading it: {e}")),
+        };
     });
-    match bad {
-        Some(name) => Err(format!("tensor {name} holds NaN or infinite values")),
-        None => Ok(()),
-    }
+    bad.map_or(Ok(()), Err)
 }
 
 /// A short list of names for an error message.

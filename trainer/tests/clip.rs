@@ -165,7 +165,7 @@ fn check_reward(make: impl Fn([usize; 2]) -> ImageReward, fixture_name: &str, co
         let r = make([shape[2], shape[3]]);
         let px = tensor4(&fx[&format!("{set}.pixels")], &device).autodiff().require_grad();
         let flat = px.clone().reshape([shape[0], shape[1] * shape[2] * shape[3]]);
-        let v = r.reward.value(&r.features.features(flat), cond);
+        let v = r.reward.value(&r.features.features(flat), cond).unwrap();
         close(&format!("{fixture_name} {set} reward"), &to_vec(&v), &fx[&format!("{set}.reward")].1, 2e-5);
         let g = px.grad(&v.sum().backward()).unwrap();
         close(
@@ -201,7 +201,8 @@ fn nsfw_probability_matches() {
     // Training minimises the probability: the tilt is its negative, and so is the gradient.
     let r = make([32, 32]);
     let f = Tensor::<2>::from_data(TensorData::new(vec![0.3f32; 2 * 32], [2, 32]), &device);
-    let (v, t) = (to_vec(&r.reward.value(&f, Condition::None)), to_vec(&r.reward.tilted(&f, Condition::None)));
+    let (v, t) =
+        (to_vec(&r.reward.value(&f, Condition::None).unwrap()), to_vec(&r.reward.tilted(&f, Condition::None).unwrap()));
     assert!(v.iter().zip(&t).all(|(a, b)| (a + b).abs() < 1e-7 && *a > 0.0 && *a < 1.0), "{v:?} {t:?}");
 }
 
@@ -240,8 +241,8 @@ fn hpsv2_matches_with_its_prompt_rule() {
         TensorData::new((0..16).map(|i| i as f32).collect::<Vec<_>>(), [1, 16]),
         &device,
     ));
-    let a = to_vec(&make([32, 32]).reward.value(&f, Condition::Prompt(0)))[0];
-    let b = to_vec(&raw.reward.value(&f, Condition::Prompt(0)))[0];
+    let a = to_vec(&make([32, 32]).reward.value(&f, Condition::Prompt(0)).unwrap())[0];
+    let b = to_vec(&raw.reward.value(&f, Condition::Prompt(0)).unwrap())[0];
     assert!((a - b).abs() > 1e-3, "{a} vs {b}");
     // CLIP score: 100 × the cosine to the prompt as given.
     let cs = score::build(
@@ -254,7 +255,7 @@ fn hpsv2_matches_with_its_prompt_rule() {
         &device,
     )
     .unwrap();
-    let c = to_vec(&cs.reward.value(&f, Condition::Prompt(0)))[0];
+    let c = to_vec(&cs.reward.value(&f, Condition::Prompt(0)).unwrap())[0];
     assert!((c - 100.0 * b).abs() < 1e-4 * c.abs().max(1.0), "{c} vs 100 × {b}");
 }
 

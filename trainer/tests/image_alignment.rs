@@ -75,7 +75,7 @@ fn reward_of<G: Generator>(gen: &G, s: &ImageSummary, reward: &str, steps: usize
     };
     let r = fav_trainer::rewards::image(reward, &inputs).unwrap().unwrap();
     let judge = Judge { reward: &r, encoder: &encoder, seed: 0, per_class: 32, sample_steps: steps, device: dev };
-    judge.evaluate(gen).0.reward_mean
+    judge.evaluate(gen).unwrap().0.reward_mean
 }
 
 fn standard_error(s: &ImageSummary) -> f64 {

@@ -28,7 +28,7 @@ impl FamilyVisitor for Twice {
                 assert!(loss.is_finite(), "{}: loss {loss}", F::NAME);
                 ControlFlow::Continue(())
             };
-            let g = F::pretrain(&cfg, &dev, &mut progress).expect("nothing stops it");
+            let g = F::pretrain(&cfg, &dev, &mut progress).unwrap().expect("nothing stops it");
             let dim = g.noise_dim();
             let z = matrix(noise::normal_rows(5, Stream::Eval, 0..2, dim), 2, dim, &dev);
             to_vec(&g.sample(z, self.cond, *F::STEPS.start(), None))

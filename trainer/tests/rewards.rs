@@ -121,7 +121,8 @@ fn nes_converges_to_the_exact_gradient() {
     let x = points(&dev);
     let exact = to_vec(&reward.grad(&x, Condition::None).expect("differentiable"));
     let key = NesKey { seed: 3, step: 7, condition: 0 };
-    let est = to_vec(&nes_grad(&x, &[10, 11, 12, 13], key, 1e-3, 20_000, |p| reward.tilted(p, Condition::None)));
+    let est =
+        to_vec(&nes_grad(&x, &[10, 11, 12, 13], key, 1e-3, 20_000, |p| reward.tilted(p, Condition::None)).unwrap());
     for i in 0..4 {
         let (e, g) = (&exact[2 * i..2 * i + 2], &est[2 * i..2 * i + 2]);
         let err = ((e[0] - g[0]).powi(2) + (e[1] - g[1]).powi(2)).sqrt();
@@ -137,16 +138,16 @@ fn a_particles_estimate_depends_only_on_its_own_identity() {
     let tilt = |p: &Tensor<2>| reward.tilted(p, Condition::None);
     let x = points(&dev);
     let key = NesKey { seed: 3, step: 7, condition: 1 };
-    let all = to_vec(&nes_grad(&x, &[10, 11, 12, 13], key, 0.01, 16, tilt));
+    let all = to_vec(&nes_grad(&x, &[10, 11, 12, 13], key, 0.01, 16, tilt).unwrap());
     // The same particle estimated alone (as another rank would) gives the same bits.
     let third = x.clone().slice_dim(0, 2..3);
-    let alone = to_vec(&nes_grad(&third, &[12], key, 0.01, 16, tilt));
+    let alone = to_vec(&nes_grad(&third, &[12], key, 0.01, 16, tilt).unwrap());
     assert_eq!(&all[4..6], &alone[..]);
     // Another step, condition or particle seed draws other perturbations.
     for other in [NesKey { step: 8, ..key }, NesKey { condition: 2, ..key }] {
-        assert_ne!(to_vec(&nes_grad(&third, &[12], other, 0.01, 16, tilt)), alone);
+        assert_ne!(to_vec(&nes_grad(&third, &[12], other, 0.01, 16, tilt).unwrap()), alone);
     }
-    assert_ne!(to_vec(&nes_grad(&third, &[99], key, 0.01, 16, tilt)), alone);
+    assert_ne!(to_vec(&nes_grad(&third, &[99], key, 0.01, 16, tilt).unwrap()), alone);
 }
 
 /// JPEG on pixel rows: one value per image, the same as the per-image reward, sizes positive.
@@ -155,8 +156,8 @@ fn jpeg_values_are_per_image_sizes() {
     use fav_trainer::rewards::jpeg::Jpeg;
     let dev = Device::flex();
     let px = pixels(2, &dev);
-    let v = to_vec(&Jpeg::Incompress.value(&px, Condition::None));
-    let w = to_vec(&Jpeg::Compress.value(&px, Condition::None));
+    let v = to_vec(&Jpeg::Incompress.value(&px, Condition::None).unwrap());
+    let w = to_vec(&Jpeg::Compress.value(&px, Condition::None).unwrap());
     let row = to_vec(&px);
     assert_eq!(v[0], Jpeg::Incompress.reward(&row[..3072]));
     assert!(v.iter().zip(&w).all(|(a, b)| *a == -*b && *a > 0.0), "{v:?} {w:?}");

@@ -177,7 +177,7 @@ fn lora_in_diffusers_layout_round_trips() {
     assert_eq!(run(&adapted), run(&base), "adapters start at the base");
     let loaded = sana::lora::load_diffusers_lora(adapted, &data("lora/pytorch_lora_weights.safetensors")).unwrap();
     close("output with diffusers' LoRA", &run(&loaded), &fixture("lora_io.safetensors")["y"].1, 2e-5);
-    let ours = sana::lora::diffusers_lora_bytes(&loaded, &cfg).unwrap();
+    let ours = sana::lora::diffusers_lora_bytes(lora::peft_tensors(&loaded).unwrap(), &cfg).unwrap();
     let theirs = std::fs::read(data("lora/pytorch_lora_weights.safetensors")).unwrap();
     let (a, b) = (
         safetensors::SafeTensors::deserialize(&ours).unwrap(),

@@ -77,7 +77,7 @@ fn batched_rewards_and_features_are_the_servers() {
     let x = Tensor::<2>::from_data(TensorData::new(px.clone(), [7, 60]), &Device::default());
     let c = client(&s.url, 10.0, 0, 64);
     assert!(c.black_box() && c.grad(&x, Condition::Prompt(1)).is_none());
-    let v = to_vec(&c.value(&x, Condition::Prompt(1)));
+    let v = to_vec(&c.value(&x, Condition::Prompt(1)).unwrap());
     assert!((v[3] - demo(&px[180..240], true)).abs() < 1e-5);
 }
 
@@ -89,12 +89,15 @@ fn nes_through_the_server_is_the_local_estimate() {
     let x = Tensor::<2>::from_data(TensorData::new(images(3), [3, 60]), &dev);
     let key = NesKey { seed: 5, step: 2, condition: 1 };
     let seeds = [10, 11, 12];
-    let remote = to_vec(&nes_grad(&x, &seeds, key, 0.01, 8, |p| c.tilted(p, Condition::Prompt(1))));
-    let local = to_vec(&nes_grad(&x, &seeds, key, 0.01, 8, |p| {
-        let v = to_vec(p);
-        let r: Vec<f32> = v.chunks(60).map(|im| demo(im, true)).collect();
-        Tensor::from_data(TensorData::new(r.clone(), [r.len(), 1]), &dev)
-    }));
+    let remote = to_vec(&nes_grad(&x, &seeds, key, 0.01, 8, |p| c.tilted(p, Condition::Prompt(1))).unwrap());
+    let local = to_vec(
+        &nes_grad(&x, &seeds, key, 0.01, 8, |p| {
+            let v = to_vec(p);
+            let r: Vec<f32> = v.chunks(60).map(|im| demo(im, true)).collect();
+            Ok(Tensor::from_data(TensorData::new(r.clone(), [r.len(), 1]), &dev))
+        })
+        .unwrap(),
+    );
     let scale = local.iter().fold(0.0f32, |m, g| m.max(g.abs()));
     let err = remote.iter().zip(&local).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     // The same perturbed points and function; only float32 vs float64 sums in the reward differ,
@@ -128,5 +131,5 @@ fn hangs_garbage_and_deaths_are_errors_not_hangs() {
     assert!(e.contains(&dies.url), "{e}");
     // In a job: NaN rewards, which the step refuses (never trained on).
     let x = Tensor::<2>::from_data(TensorData::new(images(2), [2, 60]), &Device::default());
-    assert!(to_vec(&c.value(&x, Condition::None)).iter().all(|v| v.is_nan()));
+    assert!(to_vec(&c.value(&x, Condition::None).unwrap()).iter().all(|v| v.is_nan()));
 }

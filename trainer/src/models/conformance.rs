@@ -68,8 +68,9 @@ pub fn adapters_start_at_the_base<G: Generator>(
     let adapted = lora::adapt(base.clone(), cfg_lora, &targets, 7, &device);
     differ("adapted at init vs base", &to_vec(&adapted.sample(z.clone(), cond, steps, None)), &before)?;
     differ("merged at init vs base", &to_vec(&lora::merged(&adapted).sample(z.clone(), cond, steps, None)), &before)?;
-    if lora::peft_tensors(&adapted).len() != 2 * layers.len() {
-        return Err(format!("{} PEFT tensors for {} adapted layers", lora::peft_tensors(&adapted).len(), layers.len()));
+    let peft = lora::peft_tensors(&adapted).map_err(|e| e.to_string())?;
+    if peft.len() != 2 * layers.len() {
+        return Err(format!("{} PEFT tensors for {} adapted layers", peft.len(), layers.len()));
     }
     let moved = lora::redraw(adapted, lora::Factor::B, lora::Draw::Constant(0.05));
     let after = to_vec(&moved.sample(z.clone(), cond, steps, None));

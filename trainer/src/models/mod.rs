@@ -15,6 +15,7 @@ pub mod toy;
 use crate::config::Config;
 use crate::data::Condition;
 use crate::observe::Progress;
+use crate::tensors::DeviceError;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
@@ -79,8 +80,9 @@ pub trait Family: Generator + Sized {
     fn cache_key(cfg: &Config) -> serde_json::Value;
     /// Steps [`Family::pretrain`] takes (for progress reports).
     fn pretrain_steps(cfg: &Config) -> usize;
-    /// Train a base from scratch; `None` when `progress` asked to stop.
-    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Option<Self>;
+    /// Train a base from scratch; `None` when `progress` asked to stop, `Err` when the device
+    /// failed (its readbacks: the losses, the evaluations).
+    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Result<Option<Self>, DeviceError>;
 }
 
 /// Code generic over the family, run by name through a registry's `with_family`.

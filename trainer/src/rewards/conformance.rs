@@ -3,7 +3,7 @@
 
 use super::{nes_grad, FeatureMap, NesKey, Reward};
 use crate::data::Condition;
-use crate::tensors::to_vec;
+use crate::tensors::{read, to_vec};
 use burn::tensor::Tensor;
 
 /// Cosine similarity of two equally long vectors.
@@ -17,18 +17,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// Values are `[N, 1]`, finite, and the same bits when asked twice; the tilt too.
 pub fn values_are_deterministic(reward: &dyn Reward, x: &Tensor<2>, cond: Condition) -> Result<(), String> {
     let n = x.dims()[0];
-    let v = reward.value(x, cond);
-    if v.dims() != [n, 1] {
-        return Err(format!("value has shape {:?}, expected [{n}, 1]", v.dims()));
+    let value = || reward.value(x, cond).and_then(|v| Ok((v.dims(), read(&v)?))).map_err(|e| e.to_string());
+    let ((dims, a), (_, b)) = (value()?, value()?);
+    if dims != [n, 1] {
+        return Err(format!("value has shape {dims:?}, expected [{n}, 1]"));
     }
-    let (a, b) = (to_vec(&v), to_vec(&reward.value(x, cond)));
     if a.iter().any(|r| !r.is_finite()) {
         return Err(format!("non-finite values {a:?}"));
     }
     if a != b {
         return Err("two evaluations of the same particles differ".into());
     }
-    let t = to_vec(&reward.tilted(x, cond));
+    let t = reward.tilted(x, cond).and_then(|t| read(&t)).map_err(|e| e.to_string())?;
     if t.len() != n || t.iter().any(|r| !r.is_finite()) {
         return Err(format!("tilt {t:?} is not N finite values"));
     }
@@ -49,7 +49,7 @@ pub fn gradient_matches_nes(
     let [n, d] = x.dims();
     let seeds: Vec<u64> = (0..n as u64).collect();
     let key = NesKey { seed: 11, step: 3, condition: 0 };
-    let est = to_vec(&nes_grad(x, &seeds, key, sigma, samples, |p| reward.tilted(p, cond)));
+    let est = to_vec(&nes_grad(x, &seeds, key, sigma, samples, |p| reward.tilted(p, cond)).map_err(|e| e.to_string())?);
     if est.iter().any(|g| !g.is_finite()) {
         return Err("non-finite NES estimate".into());
     }

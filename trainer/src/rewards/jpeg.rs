@@ -5,7 +5,7 @@
 use super::{Identity, ImageReward, Reward};
 use crate::data::shapes::{PIXELS, SIZE};
 use crate::data::Condition;
-use crate::tensors::{matrix, to_vec};
+use crate::tensors::{matrix, read, DeviceError};
 use burn::tensor::Tensor;
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
@@ -45,11 +45,11 @@ pub fn jpeg_bytes(chw: &[f32], side: usize) -> usize {
 /// On pixel particles (`[n, 3·32·32]`, one image per row): a black box, so FAV-B estimates its
 /// gradient.
 impl Reward for Jpeg {
-    fn value(&self, x: &Tensor<2>, _: Condition) -> Tensor<2> {
+    fn value(&self, x: &Tensor<2>, _: Condition) -> Result<Tensor<2>, DeviceError> {
         use rayon::prelude::*;
         let n = x.dims()[0];
-        let values = to_vec(x).par_chunks(PIXELS).map(|img| self.reward(img)).collect();
-        matrix(values, n, 1, &x.device())
+        let values = read(x)?.par_chunks(PIXELS).map(|img| self.reward(img)).collect();
+        Ok(matrix(values, n, 1, &x.device()))
     }
 
     fn grad(&self, _: &Tensor<2>, _: Condition) -> Option<Tensor<2>> {

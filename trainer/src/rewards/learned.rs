@@ -10,7 +10,7 @@ use crate::data::shapes::{self, images, CLASSES};
 use crate::data::Condition;
 use crate::models::image::downsampling_convs;
 use crate::noise::{self, Stream};
-use crate::tensors::to_vec;
+use crate::tensors::{read, scalar, DeviceError};
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
@@ -86,8 +86,8 @@ impl ScoreHead {
 }
 
 impl Reward for ScoreHead {
-    fn value(&self, x: &Tensor<2>, _: Condition) -> Tensor<2> {
-        self.head.forward(x.clone())
+    fn value(&self, x: &Tensor<2>, _: Condition) -> Result<Tensor<2>, DeviceError> {
+        Ok(self.head.forward(x.clone()))
     }
 
     fn grad(&self, x: &Tensor<2>, _: Condition) -> Option<Tensor<2>> {
@@ -116,14 +116,14 @@ pub struct RewardFit {
 
 /// Train the reward model on the dataset of `seed` (images from index 1 000 000 up, so they never
 /// overlap a generator's pretraining images) with Adam; `progress(step, loss)`, whose `Break`
-/// stops it (then `None`).
+/// stops it (then `None`); `Err` when the device failed.
 pub fn train(
     seed: u64,
     steps: usize,
     batch: usize,
     device: &Device,
     progress: &mut dyn FnMut(usize, f64) -> ControlFlow<()>,
-) -> Option<(RewardModel, RewardFit)> {
+) -> Result<Option<(RewardModel, RewardFit)>, DeviceError> {
     let ad = device.clone().autodiff();
     device.seed(noise::rng(seed, Stream::Init, 7).random());
     let mut model = RewardModel::new(&ad);
@@ -146,24 +146,26 @@ pub fn train(
         .float();
         let ce = (log_softmax(model.classes.forward(f), 1) * onehot).sum().neg().div_scalar(batch as f64);
         let loss = mse.mul_scalar(10.0) + ce;
-        let lv = loss.clone().into_scalar::<f64>();
+        let lv = scalar(&loss)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(1e-3, model, grads);
-        progress(step + 1, lv).continue_value()?;
+        if progress(step + 1, lv).is_break() {
+            return Ok(None);
+        }
     }
     let model = model.valid();
-    let fit = evaluate(&model, seed, device);
-    Some((model, fit))
+    let fit = evaluate(&model, seed, device)?;
+    Ok(Some((model, fit)))
 }
 
 /// Accuracy and R² on 1 000 held-out images (indices from 2 000 000).
-pub fn evaluate(model: &RewardModel, seed: u64, device: &Device) -> RewardFit {
+pub fn evaluate(model: &RewardModel, seed: u64, device: &Device) -> Result<RewardFit, DeviceError> {
     let n = 1000;
     let idx: Vec<u64> = (2_000_000..2_000_000 + n as u64).collect();
     let (labels, px, scores) = shapes::pick(seed, &idx);
     let f = model.features(images(px, n, device));
-    let pred = to_vec(&model.reward_of_features(f.clone()));
-    let logits = to_vec(&model.classes.forward(f));
+    let pred = read(&model.reward_of_features(f.clone()))?;
+    let logits = read(&model.classes.forward(f))?;
     let k = CLASSES.len();
     let right = (0..n)
         .filter(|&i| {
@@ -175,19 +177,21 @@ pub fn evaluate(model: &RewardModel, seed: u64, device: &Device) -> RewardFit {
     let mean = scores.iter().sum::<f32>() / n as f32;
     let ss_tot: f64 = scores.iter().map(|&s| f64::from((s - mean).powi(2))).sum();
     let ss_res: f64 = scores.iter().zip(&pred).map(|(&s, &p)| f64::from((s - p).powi(2))).sum();
-    RewardFit { accuracy: right as f64 / n as f64, r2: 1.0 - ss_res / ss_tot }
+    Ok(RewardFit { accuracy: right as f64 / n as f64, r2: 1.0 - ss_res / ss_tot })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensors::to_vec;
 
     /// A short training run already separates classes and predicts the score far above chance
     /// (10 % accuracy, R² 0): the reward is learnable from pixels.
     #[test]
     fn a_short_training_learns_classes_and_scores() {
         let dev = Device::flex();
-        let (model, fit) = train(0, 800, 64, &dev, &mut |_, _| ControlFlow::Continue(())).expect("nothing stops it");
+        let (model, fit) =
+            train(0, 800, 64, &dev, &mut |_, _| ControlFlow::Continue(())).unwrap().expect("nothing stops it");
         eprintln!("reward model after 800 steps of 64: {fit:?}");
         assert!(fit.accuracy > 0.5 && fit.r2 > 0.5, "{fit:?}");
         // Embeddings are unit vectors.

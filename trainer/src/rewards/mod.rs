@@ -17,7 +17,7 @@ pub mod toy;
 use crate::config::RewardGrad;
 use crate::data::Condition;
 use crate::noise::{self, Stream};
-use crate::tensors::{matrix, to_vec};
+use crate::tensors::{matrix, read, DeviceError};
 use burn::tensor::Tensor;
 use rand::Rng;
 use rand_distr::StandardNormal;
@@ -40,11 +40,13 @@ impl FeatureMap for Identity {
 
 /// A reward on particles, given the condition they were generated for.
 pub trait Reward {
-    /// The reported reward `r(x_i)`, as `[N, 1]`.
-    fn value(&self, x: &Tensor<2>, cond: Condition) -> Tensor<2>;
+    /// The reported reward `r(x_i)`, as `[N, 1]`. `Err`: the device failed making `x`, seen by a
+    /// reward that reads its particles to the host (a black box: JPEG, a server); a reward
+    /// computed on the device leaves a failure to the caller's readback.
+    fn value(&self, x: &Tensor<2>, cond: Condition) -> Result<Tensor<2>, DeviceError>;
     /// `R(x_i)`, what the target tilts by (`q ∝ p_ref·exp(βR)`), as `[N, 1]`: `r` unless the
     /// reward says otherwise.
-    fn tilted(&self, x: &Tensor<2>, cond: Condition) -> Tensor<2> {
+    fn tilted(&self, x: &Tensor<2>, cond: Condition) -> Result<Tensor<2>, DeviceError> {
         self.value(x, cond)
     }
     /// `∇R(x_i)` on detached particles, as `[N, D]`; `None` for a black box, whose gradient is
@@ -171,10 +173,20 @@ pub struct Nes<'a> {
 
 /// `g_i = ∇R(x_i)` for the field: the reward's gradient (`Exact`), or the NES estimate from its
 /// values (`Nes`, FAV-B; also usable on a differentiable reward, to check the estimator).
-/// Configuration refuses `Exact` for a black-box reward before any work.
-pub fn field_grad(reward: &dyn Reward, x: &Tensor<2>, cond: Condition, how: RewardGrad, nes: Nes) -> Tensor<2> {
+/// Configuration refuses `Exact` for a black-box reward before any work. `Err`: the device failed
+/// computing the estimate's values (its `2·n` perturbed copies of every particle are the most
+/// memory a published reward tower takes).
+pub fn field_grad(
+    reward: &dyn Reward,
+    x: &Tensor<2>,
+    cond: Condition,
+    how: RewardGrad,
+    nes: Nes,
+) -> Result<Tensor<2>, DeviceError> {
     match how {
-        RewardGrad::Exact => reward.grad(x, cond).expect("validated: an exact gradient needs a differentiable reward"),
+        RewardGrad::Exact => {
+            Ok(reward.grad(x, cond).expect("validated: an exact gradient needs a differentiable reward"))
+        }
         RewardGrad::Nes => nes_grad(x, nes.particle_seeds, nes.key, nes.sigma, nes.samples, |p| reward.tilted(p, cond)),
     }
 }
@@ -191,18 +203,19 @@ pub struct NesKey {
 /// §9.1 antithetic NES estimate of `∇R` for each row of `x`:
 /// `ĝ(x) = (1/n) Σ_k [(R(x + σu_k) − R(x − σu_k)) / (2σ)] u_k`, `u_k ~ N(0, I)` unnormalised,
 /// with `u_k` of particle `p` drawn from `(seed, step, condition, p, k)`. `value` is the black
-/// box (`[m, D] → [m, 1]`), called once on all `2·n·rows` perturbed points.
+/// box (`[m, D] → [m, 1]`), called once on all `2·n·rows` perturbed points. `Err`: the device
+/// failed making `x` or the values.
 pub fn nes_grad(
     x: &Tensor<2>,
     particle_seeds: &[u64],
     key: NesKey,
     sigma: f64,
     n: usize,
-    value: impl Fn(&Tensor<2>) -> Tensor<2>,
-) -> Tensor<2> {
+    value: impl Fn(&Tensor<2>) -> Result<Tensor<2>, DeviceError>,
+) -> Result<Tensor<2>, DeviceError> {
     let [rows, d] = x.dims();
     assert_eq!(rows, particle_seeds.len(), "one seed per particle");
-    let xs = to_vec(x);
+    let xs = read(x)?;
     let mut u = Vec::with_capacity(rows * n * d);
     for &ps in particle_seeds {
         for k in 0..n {
@@ -221,7 +234,7 @@ pub fn nes_grad(
             }
         }
     }
-    let vals = to_vec(&value(&matrix(pts, 2 * rows * n, d, &x.device())));
+    let vals = read(&value(&matrix(pts, 2 * rows * n, d, &x.device()))?)?;
     let mut g = vec![0.0f32; rows * d];
     for i in 0..rows {
         for k in 0..n {
@@ -232,5 +245,5 @@ pub fn nes_grad(
             }
         }
     }
-    matrix(g, rows, d, &x.device())
+    Ok(matrix(g, rows, d, &x.device()))
 }

@@ -26,7 +26,7 @@
 use super::{Identity, Reward};
 pub use crate::config::ServerConfig;
 use crate::data::Condition;
-use crate::tensors::{matrix, to_vec};
+use crate::tensors::{matrix, read, DeviceError};
 use base64::Engine;
 use burn::tensor::Tensor;
 use std::time::Duration;
@@ -152,17 +152,17 @@ impl Server {
 
 impl Reward for Server {
     /// Rewards of pixel particles; a server that cannot answer gives NaN (the step stops).
-    fn value(&self, x: &Tensor<2>, cond: Condition) -> Tensor<2> {
+    fn value(&self, x: &Tensor<2>, cond: Condition) -> Result<Tensor<2>, DeviceError> {
         let n = x.dims()[0];
         let prompts = vec![self.prompt(cond); n];
-        let r = match self.score(&to_vec(x), n, self.image, &prompts, false) {
+        let r = match self.score(&read(x)?, n, self.image, &prompts, false) {
             Ok((r, _)) => r,
             Err(e) => {
                 tracing::error!(error = %e, "reward server: no rewards; the step stops");
                 vec![f32::NAN; n]
             }
         };
-        matrix(r, n, 1, &x.device())
+        Ok(matrix(r, n, 1, &x.device()))
     }
 
     fn grad(&self, _: &Tensor<2>, _: Condition) -> Option<Tensor<2>> {

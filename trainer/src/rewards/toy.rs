@@ -3,7 +3,7 @@
 use super::Reward;
 use crate::data::{gaussians, Condition};
 use crate::svgd;
-use crate::tensors::matrix;
+use crate::tensors::{matrix, DeviceError};
 use burn::tensor::{activation::softmax, Device, Tensor};
 
 /// Softmax temperature of the cluster reward.
@@ -46,13 +46,13 @@ impl ClusterReward {
 }
 
 impl Reward for ClusterReward {
-    fn value(&self, x: &Tensor<2>, _: Condition) -> Tensor<2> {
-        self.weights(x).matmul(self.rho.clone())
+    fn value(&self, x: &Tensor<2>, _: Condition) -> Result<Tensor<2>, DeviceError> {
+        Ok(self.weights(x).matmul(self.rho.clone()))
     }
 
     /// `R = log max(r, 1e-10)`.
-    fn tilted(&self, x: &Tensor<2>, cond: Condition) -> Tensor<2> {
-        self.value(x, cond).clamp_min(LOG_R_CLAMP).log()
+    fn tilted(&self, x: &Tensor<2>, cond: Condition) -> Result<Tensor<2>, DeviceError> {
+        Ok(self.value(x, cond)?.clamp_min(LOG_R_CLAMP).log())
     }
 
     fn grad(&self, x: &Tensor<2>, _: Condition) -> Option<Tensor<2>> {

@@ -326,11 +326,11 @@ pub fn velocity(
 /// §4.1–§4.2 — the fixed-point pseudo-loss value `mean(v²)` over these rows and its exact
 /// gradient `∂L/∂x = −2v/(n_rows·D)`, computed directly (never as `x − (x + v)`, which cancels).
 /// `n_rows` is the row count the mean runs over (the group size, or a micro-chunk's `m`).
-pub fn regression_grad(v_rows: &Tensor<2>, n_rows: usize) -> (f64, Tensor<2>) {
+pub fn regression_grad(v_rows: &Tensor<2>, n_rows: usize) -> Result<(f64, Tensor<2>), DeviceError> {
     let d = v_rows.dims()[1];
     let denom = (n_rows * d) as f64;
-    let loss = (v_rows.clone() * v_rows.clone()).sum().into_scalar::<f64>() / denom;
-    (loss, v_rows.clone().mul_scalar(-2.0 / denom))
+    let loss = crate::tensors::scalar(&(v_rows.clone() * v_rows.clone()).sum())? / denom;
+    Ok((loss, v_rows.clone().mul_scalar(-2.0 / denom)))
 }
 
 /// Convenience for one process: total score, velocity and regression gradient for a whole group.
@@ -346,6 +346,6 @@ pub fn transport(x: &Tensor<2>, y: &Tensor<2>, g: &Tensor<2>, cfg: &FieldConfig)
     let n = x.dims()[0];
     let score = total_score(x, y, g, cfg)?;
     let field = velocity(x, x, &score.total, n, 0, cfg)?;
-    let (loss, grad) = regression_grad(&field.velocity, n);
+    let (loss, grad) = regression_grad(&field.velocity, n)?;
     Ok(Step { score, field, loss, grad })
 }

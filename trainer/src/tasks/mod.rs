@@ -14,6 +14,7 @@ use crate::error::JobError;
 use crate::models::{self, Family, FamilyVisitor};
 use crate::observe::Observer;
 use crate::step::{StepStats, Timings, Trainer};
+use crate::tensors::DeviceError;
 use burn::module::Module;
 use burn::tensor::Device;
 use bytes::Bytes;
@@ -194,13 +195,13 @@ pub fn cache_path(cfg: &Config, kind: &str, key: &serde_json::Value) -> PathBuf 
 
 /// A frozen model: the file `named` if set, else the cache, else `train()` now (and cached).
 /// Returns the model and where it came from; `train` returning `None` (a stop) is
-/// [`JobError::StoppedPreparing`].
+/// [`JobError::StoppedPreparing`], a device failure [`JobError::DeviceFailed`].
 pub fn load_or_train<M: Module>(
     fresh: M,
     named: &str,
     cache: PathBuf,
     what: &'static str,
-    train: impl FnOnce() -> Option<M>,
+    train: impl FnOnce() -> Result<Option<M>, DeviceError>,
 ) -> Result<(M, String), JobError> {
     if !named.is_empty() {
         let path = PathBuf::from(named);
@@ -217,7 +218,8 @@ pub fn load_or_train<M: Module>(
     }
     // Minutes of training must not be lost to a cache that cannot be written: check it first.
     writable_dir(&cache)?;
-    let m = train().ok_or(JobError::StoppedPreparing(what))?;
+    let m =
+        train().map_err(JobError::device(format!("training the {what}")))?.ok_or(JobError::StoppedPreparing(what))?;
     crate::weights::save(&m, &cache)?;
     Ok((m, cache.display().to_string()))
 }
@@ -261,4 +263,28 @@ pub(crate) fn curves(metrics: &[String], panels: &[(&str, &str)], path: &Path) -
     };
     let panels: Vec<(&str, Vec<(f64, f64)>)> = panels.iter().map(|(title, key)| (*title, series(key))).collect();
     crate::plot::curves(&panels, path).map_err(|e| crate::error::dir_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::toy::VaeDecoder;
+
+    /// A device failure while rank 0 trains a frozen model ends the job naming what it trained,
+    /// with the memory hint, and caches nothing: a rerun trains again rather than loading a
+    /// half-trained model.
+    #[test]
+    fn a_device_failure_while_training_is_named_and_nothing_is_cached() {
+        let dir = std::env::temp_dir().join(format!("fav-load-or-train-{}", std::process::id()));
+        let cache = dir.join("base.safetensors");
+        let fresh = VaeDecoder::init(&Config::default(), &Device::flex());
+        let oom = || Err(DeviceError("out of device memory allocating 4096 bytes".into()));
+        let e = load_or_train(fresh, "", cache.clone(), "base generator", oom).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, JobError::DeviceFailed { .. }), "{msg}");
+        assert!(msg.contains("the device failed training the base generator: out of device memory"), "{msg}");
+        assert!(msg.contains("ran out of memory"), "the hint: {msg}");
+        assert!(!cache.exists(), "a failed training left a cache");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

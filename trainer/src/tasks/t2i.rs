@@ -199,7 +199,7 @@ impl T2iTask<'_> {
                 let z = matrix(noise::normal_rows(self.cfg.seed, Stream::Eval, keys, dim), m, dim, &self.device);
                 let images = model.sample(z, cond, t.sample_steps, None);
                 let f = reward.features.features(images.clone());
-                rewards.extend(read(&reward.reward.value(&f, cond))?.into_iter().map(f64::from));
+                rewards.extend(read(&reward.reward.value(&f, cond)?)?.into_iter().map(f64::from));
                 feats.extend(read(&f)?);
                 let keep = t.grid.min(n).saturating_sub(start).min(m);
                 if keep > 0 {
@@ -224,7 +224,9 @@ impl T2iTask<'_> {
 
     /// The aligned transformer's adapters as diffusers' LoRA file.
     fn lora_bytes(&self) -> Result<Vec<u8>, JobError> {
-        sana::lora::diffusers_lora_bytes(&self.aligner().plain().transformer, &self.lora())
+        let peft = lora::peft_tensors(&self.aligner().plain().transformer)
+            .map_err(JobError::device("reading the LoRA adapters"))?;
+        sana::lora::diffusers_lora_bytes(peft, &self.lora())
             .map_err(|e| JobError::Checkpoint(crate::checkpoint::CheckpointError::Format(e)))
     }
 }

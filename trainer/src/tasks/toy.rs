@@ -17,6 +17,7 @@ use crate::models::Family;
 use crate::observe::{pretraining, Observer};
 use crate::rewards::{toy::ClusterReward, Identity};
 use crate::step::{Aligner, Layout, Objective, RefPool, Reference, Settings, StepStats, Trainer};
+use crate::sync::ShareError;
 use crate::{plot, weights};
 use burn::module::Module;
 use burn::optim::AdamConfig;
@@ -195,7 +196,12 @@ impl<'c, F: Family> Task<'c> for ToyTask<'c, F> {
         let base = super::share(base, "base generator", comm)?;
         let f = &cfg.fav;
         let layout = Layout::new(f.batch, f.conditions, comm.size(), comm.rank()).map_err(JobError::Layout)?;
-        let pool = RefPool::draw(cfg.seed, f.ref_pool, cfg.model.sample_steps, &base, &self.device, comm)?;
+        let pool = RefPool::draw(cfg.seed, f.ref_pool, cfg.model.sample_steps, &base, &self.device, comm).map_err(
+            |e| match e {
+                ShareError::Comm(e) => JobError::Comm(e),
+                ShareError::Device(e) => JobError::device("drawing the reference pool")(e),
+            },
+        )?;
         let net = base.clone().to_device(&self.device.clone().autodiff()).train().set_require_grad(true);
         let settings = Settings::new(cfg, Objective::Fav, cfg.model.sample_steps);
         let conditions = f.conditions;
@@ -222,17 +228,15 @@ impl<'c, F: Family> Task<'c> for ToyTask<'c, F> {
     fn baseline(&mut self) -> Result<Vec<String>, JobError> {
         let cfg = &self.cfg;
         let base = self.base.as_ref().expect("started");
-        let evaluator = Evaluator::new(
-            cfg.seed,
-            cfg.eval.samples,
-            cfg.fav.beta,
-            base.noise_dim(),
-            cfg.model.sample_steps,
-            &self.device,
-        );
-        let x = evaluator.samples(base);
-        let (t, d) = (evaluator.score(&x, &evaluator.target), evaluator.score(&x, &evaluator.data));
-        let limit = evaluator.score(&evaluator.base_target(base), &evaluator.target);
+        let scored = || {
+            let (n, steps) = (cfg.eval.samples, cfg.model.sample_steps);
+            let evaluator = Evaluator::new(cfg.seed, n, cfg.fav.beta, base.noise_dim(), steps, &self.device)?;
+            let x = evaluator.samples(base)?;
+            let (t, d) = (evaluator.score(&x, &evaluator.target)?, evaluator.score(&x, &evaluator.data)?);
+            let limit = evaluator.score(&evaluator.base_target(base)?, &evaluator.target)?;
+            Ok((evaluator, x, t, d, limit))
+        };
+        let (evaluator, x, t, d, limit) = scored().map_err(JobError::device("evaluating the base model"))?;
         tracing::info!(
             kl_to_data = d.kl,
             kl = t.kl,
@@ -261,7 +265,8 @@ impl<'c, F: Family> Task<'c> for ToyTask<'c, F> {
     fn evaluate(&mut self, step: usize, stats: &StepStats, wall_s: f64) -> Result<Evaluation, JobError> {
         let net = self.aligner().plain();
         let e = &self.eval.as_ref().expect("baseline first").evaluator;
-        let s = e.score(&e.samples(&net), &e.target);
+        let s = e.samples(&net).and_then(|x| e.score(&x, &e.target));
+        let s = s.map_err(JobError::device(format!("evaluating at step {step}")))?;
         let rec = EvalRecord { step, loss: stats.loss, kl: s.kl, mmd2: s.mmd2, reward_mean: s.reward_mean, wall_s };
         let finite = [rec.kl, rec.mmd2, rec.reward_mean].iter().all(|v| v.is_finite());
         if finite {
@@ -310,8 +315,8 @@ impl<'c, F: Family> Task<'c> for ToyTask<'c, F> {
             weights::write_atomic(&path, w).map_err(|e| dir_err(&path, e))?;
         }
         let e = self.eval.as_ref().expect("baseline first");
-        let final_x = e.evaluator.samples(&aligned);
-        let last = e.evaluator.score(&final_x, &e.evaluator.target);
+        let scored = e.evaluator.samples(&aligned).and_then(|x| Ok((e.evaluator.score(&x, &e.evaluator.target)?, x)));
+        let (last, final_x) = scored.map_err(JobError::device("evaluating the aligned model"))?;
         let png = out.join("samples.png");
         plot::density_panels(
             &[("BASE", &e.base_x), ("ALIGNED", &final_x), ("TARGET", &e.evaluator.target)],

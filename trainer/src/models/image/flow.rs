@@ -13,6 +13,7 @@ use super::{conv3, pixel_norm, upsample2};
 use crate::data::shapes::{CLASSES, PIXELS, SIZE};
 use crate::data::Condition;
 use crate::models::{time_grid, Generator};
+use crate::tensors::{scalar, DeviceError};
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
@@ -203,7 +204,8 @@ impl FlowGenerator {
     /// The pretraining loss at data `x0`, noise `x1` (both `[B, 3, 32, 32]`) and times `t ≥ r`
     /// (`[B, 1]`): `u_tgt = v − (t − r) du/dt` along `(v, 0, 1)`, MSE to `stopgrad(u_tgt)`,
     /// adaptively weighted by `1/(stopgrad(ℓ) + 0.01)` (§10.6). Returns the weighted loss (to
-    /// backpropagate) and the plain MSE ℓ (to report: the weighted one sits near 1).
+    /// backpropagate) and the plain MSE ℓ (to report: the weighted one sits near 1); `Err` when
+    /// the device failed.
     pub fn loss(
         &self,
         x0: Tensor<4>,
@@ -211,7 +213,7 @@ impl FlowGenerator {
         t: Tensor<2>,
         r: Tensor<2>,
         classes: Tensor<2>,
-    ) -> (Tensor<1>, f64) {
+    ) -> Result<(Tensor<1>, f64), DeviceError> {
         let b = x0.dims()[0];
         let t4 = t.clone().reshape([b, 1, 1, 1]);
         let xt = x0.clone() * t4.clone().neg().add_scalar(1.0) + x1.clone() * t4;
@@ -219,7 +221,7 @@ impl FlowGenerator {
         let gap = (t.clone() - r.clone()).reshape([b, 1, 1, 1]);
         // With r = t on every row (the flow-matching phase) the JVP term is multiplied by zero:
         // skip the tangent pass, which costs as much as a forward pass; the target is exactly v.
-        let target = if gap.clone().abs().max().into_scalar::<f32>() == 0.0 {
+        let target = if scalar(&gap.clone().abs().max())? == 0.0 {
             v.detach()
         } else {
             let (ones, zeros) = (t.ones_like(), t.zeros_like());
@@ -234,8 +236,8 @@ impl FlowGenerator {
         };
         let (u, _) = self.velocity(xt, t, r, classes, None);
         let l = (u - target).powf_scalar(2.0).mean();
-        let mse = l.clone().into_scalar::<f64>();
-        (l.clone() / l.detach().add_scalar(0.01), mse)
+        let mse = scalar(&l)?;
+        Ok((l.clone() / l.detach().add_scalar(0.01), mse))
     }
 }
 

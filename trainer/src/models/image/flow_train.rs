@@ -10,6 +10,8 @@ use crate::data::shapes::{self, images, one_hot, PIXELS, SIZE};
 use crate::models::Family;
 use crate::noise::{self, Stream};
 use crate::observe::Progress;
+use crate::sync::ShareError;
+use crate::tensors::DeviceError;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -36,7 +38,7 @@ impl Family for FlowGenerator {
         cfg.image.meanflow_steps
     }
 
-    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Option<Self> {
+    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Result<Option<Self>, DeviceError> {
         let i = &cfg.image;
         tracing::info!(steps = i.meanflow_steps, "pretraining the base generator (MeanFlow)");
         train(i.pretrain_seed, i.meanflow_steps, i.meanflow_batch, device, progress)
@@ -48,9 +50,15 @@ impl Family for FlowGenerator {
 const LR: f64 = 1e-3;
 
 /// Train a generator for `steps` steps of `batch` images; `progress(step, unweighted MSE)`,
-/// whose `Break` stops it (then `None`). Initialisation draws from the device generator, seeded
-/// here.
-pub fn train(seed: u64, steps: usize, batch: usize, device: &Device, progress: Progress) -> Option<FlowGenerator> {
+/// whose `Break` stops it (then `None`); `Err` when the device failed. Initialisation draws from
+/// the device generator, seeded here.
+pub fn train(
+    seed: u64,
+    steps: usize,
+    batch: usize,
+    device: &Device,
+    progress: Progress,
+) -> Result<Option<FlowGenerator>, DeviceError> {
     let ad = device.clone().autodiff();
     device.seed(noise::rng(seed, Stream::Init, 12).random());
     let mut g = FlowGenerator::new(&ad);
@@ -64,16 +72,20 @@ pub fn train(seed: u64, steps: usize, batch: usize, device: &Device, progress: P
         let z = noise::normal_rows(seed, Stream::Pretrain, keys, PIXELS);
         let x1 = Tensor::<4>::from_data(TensorData::new(z, [batch, 3, SIZE, SIZE]), &ad);
         let (t, r) = times(seed, step, batch, equal_fraction(step, steps), &ad);
-        let (loss, mse) = g.loss(x0, x1, t, r, one_hot(&labels, &ad));
+        let (loss, mse) = g.loss(x0, x1, t, r, one_hot(&labels, &ad))?;
         let grads = GradientsParams::from_grads(loss.backward(), &g);
-        let (grads, _) = crate::sync::all_reduce_grads(&g, grads, &fav_comm::SingleProcess, device, 1.0)
-            // One process has no peer to fail; a device failure in this small network's pretraining
-            // panics here, as its other readbacks do (the alignment steps report it as an error).
-            .expect("reading the pretraining gradients");
+        let (grads, _) =
+            crate::sync::all_reduce_grads(&g, grads, &fav_comm::SingleProcess, device, 1.0).map_err(|e| match e {
+                ShareError::Device(e) => e,
+                // One process has no peer to fail.
+                ShareError::Comm(e) => unreachable!("one process: {e}"),
+            })?;
         g = optim.step(LR, g, grads);
-        progress(step + 1, mse).continue_value()?;
+        if progress(step + 1, mse).is_break() {
+            return Ok(None);
+        }
     }
-    Some(g.valid())
+    Ok(Some(g.valid()))
 }
 
 /// Probability that r = t (plain flow matching) at `step`: 1 for the first half of training, then

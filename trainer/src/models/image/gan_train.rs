@@ -8,6 +8,7 @@ use crate::data::shapes::{self, images, one_hot, CLASSES, PIXELS};
 use crate::models::Family;
 use crate::noise::{self, Stream};
 use crate::observe::Progress;
+use crate::tensors::{scalar, DeviceError};
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
@@ -37,7 +38,7 @@ impl Family for ConvGenerator {
         cfg.image.gan_steps
     }
 
-    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Option<Self> {
+    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Result<Option<Self>, DeviceError> {
         let i = &cfg.image;
         tracing::info!(steps = i.gan_steps, "pretraining the base generator (GAN)");
         train(i.pretrain_seed, i.gan_steps, i.gan_batch, device, &mut |s, l| progress(s, l.g))
@@ -92,7 +93,7 @@ pub struct GanLosses {
 }
 
 /// Train a generator for `steps` steps of `batch` images; `progress(step, losses)`, whose `Break`
-/// stops it (then `None`). Parameters
+/// stops it (then `None`); `Err` when the device failed. Parameters
 /// are initialised from the device's generator, seeded here: the result is a pure function of
 /// `seed` as long as nothing else in the process draws from that device meanwhile.
 pub fn train(
@@ -101,7 +102,7 @@ pub fn train(
     batch: usize,
     device: &Device,
     progress: &mut dyn FnMut(usize, GanLosses) -> ControlFlow<()>,
-) -> Option<ConvGenerator> {
+) -> Result<Option<ConvGenerator>, DeviceError> {
     let ad = device.clone().autodiff();
     device.seed(noise::rng(seed, Stream::Init, 11).random());
     let mut g = ConvGenerator::new(&ad);
@@ -120,17 +121,19 @@ pub fn train(
         let fake = g.forward(noise(seed, step as u64, 1, batch, &ad), y.clone()).detach();
         let d_loss = relu(d.forward(real, y.clone()).neg().add_scalar(1.0)).mean()
             + relu(d.forward(fake, y.clone()).add_scalar(1.0)).mean();
-        let dl = d_loss.clone().into_scalar::<f64>();
+        let dl = scalar(&d_loss)?;
         let grads = GradientsParams::from_grads(d_loss.backward(), &d);
         d = opt_d.step(lr, d, grads);
 
         // Generator: raise the discriminator's score of fresh samples.
         let fake = g.forward(noise(seed, step as u64, 2, batch, &ad), y.clone());
         let g_loss = d.forward(fake, y).mean().neg();
-        let gl = g_loss.clone().into_scalar::<f64>();
+        let gl = scalar(&g_loss)?;
         let grads = GradientsParams::from_grads(g_loss.backward(), &g);
         g = opt_g.step(lr, g, grads);
-        progress(step + 1, GanLosses { d: dl, g: gl }).continue_value()?;
+        if progress(step + 1, GanLosses { d: dl, g: gl }).is_break() {
+            return Ok(None);
+        }
     }
-    Some(g.valid())
+    Ok(Some(g.valid()))
 }

@@ -19,9 +19,9 @@ pub fn attention_targets(model: &SanaTransformer) -> Targets {
     )
 }
 
-/// The adapters of `adapted` as diffusers' LoRA file.
-pub fn diffusers_lora_bytes(adapted: &SanaTransformer, cfg: &LoraConfig) -> Result<Vec<u8>, String> {
-    let tensors: Vec<lora::NamedTensor> = lora::peft_tensors(adapted)
+/// The adapters of an adapted transformer ([`lora::peft_tensors`]) as diffusers' LoRA file.
+pub fn diffusers_lora_bytes(peft: Vec<lora::NamedTensor>, cfg: &LoraConfig) -> Result<Vec<u8>, String> {
+    let tensors: Vec<lora::NamedTensor> = peft
         .into_iter()
         .map(|(n, s, v)| (format!("transformer.{}", n.replace(".to_out.lora_", ".to_out.0.lora_")), s, v))
         .collect();

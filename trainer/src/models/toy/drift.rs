@@ -9,6 +9,7 @@ use crate::data::Condition;
 use crate::models::{mlp, Family, Generator};
 use crate::observe::Progress;
 use crate::svgd::{self, row_sq_norms, sq_dists};
+use crate::tensors::DeviceError;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::optim::AdamConfig;
@@ -54,7 +55,7 @@ impl Family for DriftGenerator {
     }
 
     /// The drifting objective toward the data, Adam (ε 1e-8).
-    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Option<Self> {
+    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Result<Option<Self>, DeviceError> {
         let data = Data::new(cfg, device);
         let net = Self::init(cfg, data.device());
         let optim = AdamConfig::new().with_epsilon(1e-8).init();
@@ -62,8 +63,8 @@ impl Family for DriftGenerator {
             let x = mlp::forward(&net.layers, data.normals(step, 1, NOISE_DIM));
             let xd = x.clone().detach().without_autodiff();
             let v = field(&xd, &data.batch(step).without_autodiff(), TEMP);
-            let (reported, g) = svgd::regression_grad(&v, cfg.pretrain.batch);
-            ((x * g.autodiff()).sum(), reported)
+            let (reported, g) = svgd::regression_grad(&v, cfg.pretrain.batch)?;
+            Ok(((x * g.autodiff()).sum(), reported))
         };
         pretrain::train(&data, net, optim, loss, Self::clone, progress)
     }

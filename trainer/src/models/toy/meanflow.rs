@@ -8,7 +8,7 @@ use crate::data::Condition;
 use crate::models::{mlp, time_grid, Family, Generator};
 use crate::noise::{self, Stream};
 use crate::observe::Progress;
-use crate::tensors::matrix;
+use crate::tensors::{matrix, scalar, DeviceError};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::nn::Linear;
@@ -66,7 +66,7 @@ impl Family for MeanFlowGenerator {
     }
 
     /// The MeanFlow objective; AdamW(0.9, 0.95), wd 0, clip 1.0 (§10.6).
-    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Option<Self> {
+    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Result<Option<Self>, DeviceError> {
         let data = Data::new(cfg, device);
         let net = Self::init(cfg, data.device());
         let optim = AdamConfig::new()
@@ -77,8 +77,8 @@ impl Family for MeanFlowGenerator {
         let loss = |net: &Self, step| {
             let (t, r) = times(cfg.seed, step, cfg.pretrain.batch, data.device());
             let l = net.loss(data.batch(step), data.normals(step, 1, DATA_DIM), t, r);
-            let reported = l.clone().into_scalar::<f64>();
-            (l, reported)
+            let reported = scalar(&l)?;
+            Ok((l, reported))
         };
         pretrain::train(&data, net, optim, loss, Self::clone, progress)
     }

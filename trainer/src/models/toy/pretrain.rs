@@ -8,7 +8,7 @@ use crate::metrics;
 use crate::models::Generator;
 use crate::noise::{self, Stream};
 use crate::observe::{due, Progress};
-use crate::tensors::{matrix, to_vec};
+use crate::tensors::{matrix, read, DeviceError};
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
@@ -63,15 +63,15 @@ impl<'a> Data<'a> {
 /// Train `model` with `optim` for `pretrain.steps` steps of `loss(model, step)` (the tensor to
 /// backpropagate and the loss to report), evaluating the generator `generator(model)` every
 /// `pretrain.eval_every` steps; returns the plain generator with the best EMA of MMD² to the
-/// data, or `None` when `progress` asked to stop.
+/// data, `None` when `progress` asked to stop, `Err` when the device failed.
 pub fn train<M: Module, G: Generator>(
     data: &Data,
     mut model: M,
     mut optim: ModuleOptimizer,
-    mut loss: impl FnMut(&M, usize) -> (Tensor<1>, f64),
+    mut loss: impl FnMut(&M, usize) -> Result<(Tensor<1>, f64), DeviceError>,
     generator: impl Fn(&M) -> G,
     progress: Progress,
-) -> Option<G> {
+) -> Result<Option<G>, DeviceError> {
     let cfg = data.cfg;
     let p = &cfg.pretrain;
     let device = data.ad.clone().without_autodiff();
@@ -80,15 +80,17 @@ pub fn train<M: Module, G: Generator>(
     let mut ema = metrics::EmaBest::default();
     let mut best: Option<G> = None;
     for step in 0..p.steps {
-        let (l, reported) = loss(&model, step);
+        let (l, reported) = loss(&model, step)?;
         let grads = GradientsParams::from_grads(l.backward(), &model);
         model = optim.step(p.lr, model, grads);
-        progress(step + 1, reported).continue_value()?;
+        if progress(step + 1, reported).is_break() {
+            return Ok(None);
+        }
         if due(step + 1, p.eval_every, p.steps) {
             let net = generator(&model).valid();
             let dim = net.noise_dim();
             let z = noise::normal_rows(cfg.seed, Stream::Eval, 1 << 40..(1 << 40) + eval_n as u64, dim);
-            let x = to_vec(&net.sample(matrix(z, eval_n, dim, &device), Condition::None, cfg.model.sample_steps, None));
+            let x = read(&net.sample(matrix(z, eval_n, dim, &device), Condition::None, cfg.model.sample_steps, None))?;
             let mmd = metrics::mmd2(&x, &reference[..2 * eval_n], cfg.seed);
             tracing::debug!(step = step + 1, mmd2 = mmd, "pretrain eval");
             if ema.offer(mmd, step + 1) {
@@ -98,5 +100,5 @@ pub fn train<M: Module, G: Generator>(
     }
     let ((mmd, at), net) = ema.best().zip(best).expect("pretrain.steps ≥ 1 evaluates at least once");
     tracing::info!(best_step = at, ema_mmd2 = mmd, "pretraining done; keeping the best EMA-MMD² weights");
-    Some(net)
+    Ok(Some(net))
 }

@@ -8,6 +8,7 @@ use crate::data::Condition;
 use crate::models::mlp::{self, Mlp};
 use crate::models::{Family, Generator};
 use crate::observe::Progress;
+use crate::tensors::{scalar, DeviceError};
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::optim::AdamConfig;
@@ -55,15 +56,15 @@ impl Family for VaeDecoder {
 
     /// `0.5‖x − x̂‖²` (summed over dimensions, mean over the batch) `+ 0.02 KL(q(z|x) ‖ N(0, I))`,
     /// Adam (ε 1e-8).
-    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Option<Self> {
+    fn pretrain(cfg: &Config, device: &Device, progress: Progress) -> Result<Option<Self>, DeviceError> {
         let data = Data::new(cfg, device);
         let ad = data.device();
         let vae = Vae::new(Self::init(cfg, ad), ad);
         let optim = AdamConfig::new().with_epsilon(1e-8).init();
         let loss = |vae: &Vae, step| {
             let l = vae.loss(data.batch(step), data.normals(step, 1, LATENT));
-            let reported = l.clone().into_scalar::<f64>();
-            (l, reported)
+            let reported = scalar(&l)?;
+            Ok((l, reported))
         };
         pretrain::train(&data, vae, optim, loss, |vae| vae.decoder.clone(), progress)
     }

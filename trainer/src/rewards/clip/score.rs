@@ -18,6 +18,7 @@ use super::tokenizer::Tokenizer;
 use super::{load, normalize, ClipConfig, ClipModel, Preprocess, Towers, VisionTower};
 use crate::data::Condition;
 use crate::rewards::{autodiff_grad, FeatureMap, ImageReward, Reward};
+use crate::tensors::DeviceError;
 use crate::weights::{self, read_err, NameMap, WeightsError};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -121,15 +122,19 @@ impl Similarity {
         assert!(i < p, "condition {cond:?} has no prompt: {p} prompt(s) were given");
         self.text.clone().narrow(0, i, 1).reshape([d, 1])
     }
+
+    fn similarity(&self, x: Tensor<2>, cond: Condition) -> Tensor<2> {
+        x.matmul(self.row(cond)).mul_scalar(self.scale)
+    }
 }
 
 impl Reward for Similarity {
-    fn value(&self, x: &Tensor<2>, cond: Condition) -> Tensor<2> {
-        x.clone().matmul(self.row(cond)).mul_scalar(self.scale)
+    fn value(&self, x: &Tensor<2>, cond: Condition) -> Result<Tensor<2>, DeviceError> {
+        Ok(self.similarity(x.clone(), cond))
     }
 
     fn grad(&self, x: &Tensor<2>, cond: Condition) -> Option<Tensor<2>> {
-        Some(autodiff_grad(x, |f| self.value(&f, cond)))
+        Some(autodiff_grad(x, |f| self.similarity(f, cond)))
     }
 }
 
@@ -203,8 +208,8 @@ impl Head {
 }
 
 impl Reward for Head {
-    fn value(&self, x: &Tensor<2>, _: Condition) -> Tensor<2> {
-        self.forward(x.clone())
+    fn value(&self, x: &Tensor<2>, _: Condition) -> Result<Tensor<2>, DeviceError> {
+        Ok(self.forward(x.clone()))
     }
 
     fn grad(&self, x: &Tensor<2>, _: Condition) -> Option<Tensor<2>> {
@@ -226,12 +231,12 @@ impl Classifier {
 }
 
 impl Reward for Classifier {
-    fn value(&self, x: &Tensor<2>, _: Condition) -> Tensor<2> {
-        self.prob(x.clone())
+    fn value(&self, x: &Tensor<2>, _: Condition) -> Result<Tensor<2>, DeviceError> {
+        Ok(self.prob(x.clone()))
     }
 
-    fn tilted(&self, x: &Tensor<2>, _: Condition) -> Tensor<2> {
-        self.prob(x.clone()).neg()
+    fn tilted(&self, x: &Tensor<2>, _: Condition) -> Result<Tensor<2>, DeviceError> {
+        Ok(self.prob(x.clone()).neg())
     }
 
     fn grad(&self, x: &Tensor<2>, _: Condition) -> Option<Tensor<2>> {

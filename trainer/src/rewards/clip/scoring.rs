@@ -8,7 +8,7 @@
 use super::score::{build_parts, Source};
 use crate::data::Condition;
 use crate::lora::tensors_bytes;
-use crate::tensors::to_vec;
+use crate::tensors::{read, DeviceError};
 use crate::weights::write_atomic;
 use burn::tensor::{Device, Tensor, TensorData};
 use std::path::{Path, PathBuf};
@@ -77,16 +77,17 @@ pub fn score(job: &ScoreJob) -> Result<Vec<Scored>, String> {
         let px = Tensor::<4>::from_data(TensorData::new(chw, [1, 3, h, w]), device);
         let px = if job.grad_out.is_some() { px.autodiff().require_grad() } else { px };
         let f = phi.of_size(px.clone().reshape([1, 3 * h * w]), [h, w]);
-        let v = reward.value(&f, cond);
-        let value = f64::from(to_vec(&v)[0]);
+        let failed = |e: DeviceError| format!("{}: the device failed: {e}", path.display());
+        let v = reward.value(&f, cond).map_err(failed)?;
+        let value = f64::from(read(&v).map_err(failed)?[0]);
         if !value.is_finite() {
             return Err(format!("{}: the reward is not finite ({value})", path.display()));
         }
         if job.grad_out.is_some() {
             let g = px.grad(&v.sum().backward()).ok_or("no gradient reaches the pixels")?;
-            grads.push((i.to_string(), vec![3, h, w], to_vec(&g)));
+            grads.push((i.to_string(), vec![3, h, w], read(&g).map_err(failed)?));
         }
-        let fv = to_vec(&f.detach());
+        let fv = read(&f.detach()).map_err(failed)?;
         feats.push((i.to_string(), vec![fv.len()], fv));
         out.push(Scored { image: path.display().to_string(), prompt, reward: value });
     }

@@ -8,7 +8,7 @@ use crate::models::Generator;
 use crate::noise::{self, Stream};
 use crate::rewards::learned::RewardModel;
 use crate::rewards::ImageReward;
-use crate::tensors::{matrix, to_vec};
+use crate::tensors::{matrix, read, DeviceError};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +47,7 @@ pub struct Judge<'a> {
 
 impl Judge<'_> {
     /// `per_class` images of every class from `gen` (class-major), and their rewards.
-    fn sample_all<G: Generator>(&self, gen: &G, j: usize) -> (Vec<f32>, Vec<f32>) {
+    fn sample_all<G: Generator>(&self, gen: &G, j: usize) -> Result<(Vec<f32>, Vec<f32>), DeviceError> {
         let n = self.per_class;
         let mut px = Vec::with_capacity(CLASSES.len() * n * PIXELS);
         let mut r = Vec::with_capacity(CLASSES.len() * n);
@@ -56,26 +56,26 @@ impl Judge<'_> {
             let z = eval_latents(self.seed, class, n, j, gen.noise_dim(), &self.device);
             let samples = gen.sample(z, cond, self.sample_steps, None);
             let x = self.reward.features.features(samples.clone());
-            r.extend(to_vec(&self.reward.reward.value(&x, cond)));
-            px.extend(to_vec(&samples));
+            r.extend(read(&self.reward.reward.value(&x, cond)?)?);
+            px.extend(read(&samples)?);
         }
-        (px, r)
+        Ok((px, r))
     }
 
     /// Evaluate `gen` on the fixed evaluation seeds: the numbers and the class-major pixels.
-    pub fn evaluate<G: Generator>(&self, gen: &G) -> (ImageEval, Vec<f32>) {
-        let (px, r) = self.sample_all(gen, 0);
-        (measure(&px, &r, self.per_class, self.encoder, &self.device), px)
+    pub fn evaluate<G: Generator>(&self, gen: &G) -> Result<(ImageEval, Vec<f32>), DeviceError> {
+        let (px, r) = self.sample_all(gen, 0)?;
+        Ok((measure(&px, &r, self.per_class, self.encoder, &self.device)?, px))
     }
 
     /// Best-of-N sampling from `gen` for each N of `ns`: every evaluation slot keeps the
     /// best-rewarded of its first N candidates. N = 1 is plain evaluation.
-    pub fn best_of_n<G: Generator>(&self, gen: &G, ns: &[usize]) -> Vec<(usize, ImageEval)> {
+    pub fn best_of_n<G: Generator>(&self, gen: &G, ns: &[usize]) -> Result<Vec<(usize, ImageEval)>, DeviceError> {
         let mut best: Option<(Vec<f32>, Vec<f32>)> = None;
         let mut out = Vec::new();
         let max = ns.iter().copied().max().unwrap_or(0);
         for j in 0..max {
-            let (px, r) = self.sample_all(gen, j);
+            let (px, r) = self.sample_all(gen, j)?;
             best = Some(match best {
                 None => (px, r),
                 Some((mut bp, mut br)) => {
@@ -90,15 +90,21 @@ impl Judge<'_> {
             });
             if ns.contains(&(j + 1)) {
                 let (bp, br) = best.as_ref().expect("drawn");
-                out.push((j + 1, measure(bp, br, self.per_class, self.encoder, &self.device)));
+                out.push((j + 1, measure(bp, br, self.per_class, self.encoder, &self.device)?));
             }
         }
-        out
+        Ok(out)
     }
 }
 
 /// Reward and within-class diversity of class-major `pixels` (`per_class` per class).
-pub fn measure(pixels: &[f32], rewards: &[f32], per_class: usize, encoder: &RewardModel, device: &Device) -> ImageEval {
+pub fn measure(
+    pixels: &[f32],
+    rewards: &[f32],
+    per_class: usize,
+    encoder: &RewardModel,
+    device: &Device,
+) -> Result<ImageEval, DeviceError> {
     let n = rewards.len() as f64;
     let mean = rewards.iter().map(|&r| f64::from(r)).sum::<f64>() / n;
     let var = rewards.iter().map(|&r| (f64::from(r) - mean).powi(2)).sum::<f64>() / n;
@@ -106,14 +112,15 @@ pub fn measure(pixels: &[f32], rewards: &[f32], per_class: usize, encoder: &Rewa
     for class in 0..CLASSES.len() {
         let chunk = &pixels[class * per_class * PIXELS..(class + 1) * per_class * PIXELS];
         let features = encoder.features(images(chunk.to_vec(), per_class, device));
-        let predicted = encoder.classes.forward(features.clone()).argmax(1).to_data().convert::<i64>();
+        let predicted = encoder.classes.forward(features.clone()).argmax(1);
+        let predicted = predicted.try_to_data().map_err(|e| DeviceError(e.to_string()))?.convert::<i64>();
         hits += predicted.as_slice::<i64>().expect("i64").iter().filter(|&&p| p == class as i64).count();
-        div += crate::tasks::mean_pairwise_distance(&to_vec(&features), per_class);
+        div += crate::tasks::mean_pairwise_distance(&read(&features)?, per_class);
     }
-    ImageEval {
+    Ok(ImageEval {
         reward_mean: mean,
         reward_std: var.sqrt(),
         diversity: div / CLASSES.len() as f64,
         class_accuracy: hits as f64 / n,
-    }
+    })
 }

@@ -231,10 +231,12 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
             || {
                 tracing::info!(steps = i.reward_steps, "training the reward model");
                 let mut progress = pretraining(obs, stop, "reward model", i.reward_steps);
-                let (m, fit) =
+                let trained =
                     learned::train(i.pretrain_seed, i.reward_steps, i.reward_batch, &self.device, &mut progress)?;
-                tracing::info!(accuracy = fit.accuracy, r2 = fit.r2, "reward model on held-out images");
-                Some(m)
+                Ok(trained.map(|(m, fit)| {
+                    tracing::info!(accuracy = fit.accuracy, r2 = fit.r2, "reward model on held-out images");
+                    m
+                }))
             },
         )?;
         let (base, base_path) = super::load_or_train(
@@ -307,9 +309,9 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
     fn baseline(&mut self) -> Result<Vec<String>, JobError> {
         let base = self.base.as_ref().expect("started");
         let judge = self.judge();
-        let (eval, pixels) = judge.evaluate(base);
-        let best_of_n =
-            judge.best_of_n(base, &self.cfg.image.best_of).into_iter().map(|(n, eval)| BestOf { n, eval }).collect();
+        let scored = judge.evaluate(base).and_then(|e| Ok((e, judge.best_of_n(base, &self.cfg.image.best_of)?)));
+        let ((eval, pixels), best) = scored.map_err(JobError::device("evaluating the base model"))?;
+        let best_of_n = best.into_iter().map(|(n, eval)| BestOf { n, eval }).collect();
         tracing::info!(reward = eval.reward_mean, diversity = eval.diversity, "base generator");
         let rec =
             ImageRecord { step: 0, loss: f64::NAN, train_reward: f64::NAN, grad_norm: f64::NAN, eval, wall_s: 0.0 };
@@ -322,7 +324,10 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
     }
 
     fn evaluate(&mut self, step: usize, stats: &StepStats, wall_s: f64) -> Result<Evaluation, JobError> {
-        let (e, _) = self.judge().evaluate(&self.aligner().plain());
+        let (e, _) = self
+            .judge()
+            .evaluate(&self.aligner().plain())
+            .map_err(JobError::device(format!("evaluating at step {step}")))?;
         let rec = ImageRecord {
             step,
             loss: stats.loss,
@@ -346,7 +351,8 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
         let i = &self.cfg.image;
         let (base, reward) = self.frozen.clone().expect("rank 0 keeps the frozen models");
         let aligned = self.aligner().plain();
-        let adapters = lora::tensors_bytes(&lora::peft_tensors(&aligned))
+        let peft = lora::peft_tensors(&aligned).map_err(JobError::device("reading the LoRA adapters"))?;
+        let adapters = lora::tensors_bytes(&peft)
             .map_err(|e| JobError::Checkpoint(crate::checkpoint::CheckpointError::Format(e)))?;
         let method = format!("{:?}", i.method).to_lowercase();
         let reward_text = match i.reward.as_str() {
@@ -381,10 +387,12 @@ impl<'c, F: Family> Task<'c> for ImageTask<'c, F> {
 
     fn finish(&mut self, out: &Path, metrics: &[String], run: &RunInfo) -> Result<Report, JobError> {
         let aligned = self.aligner().plain();
-        let (final_eval, final_px) = self.judge().evaluate(&aligned);
+        let (final_eval, final_px) =
+            self.judge().evaluate(&aligned).map_err(JobError::device("evaluating the aligned model"))?;
         weights::save(&lora::merged(&aligned), &out.join("model.safetensors"))?;
         let lora_path = out.join("lora.safetensors");
-        lora::tensors_bytes(&lora::peft_tensors(&aligned))
+        let peft = lora::peft_tensors(&aligned).map_err(JobError::device("reading the LoRA adapters"))?;
+        lora::tensors_bytes(&peft)
             .and_then(|b| weights::write_atomic(&lora_path, &b).map_err(|e| e.to_string()))
             .map_err(|e| dir_err(&lora_path, e))?;
         let b = self.baseline.as_ref().expect("baseline first");
