@@ -443,6 +443,18 @@ fn missing_unused<'a>(
 /// metadata entry (burn's default metadata is a hash map whose order varies between processes,
 /// which would make identical weights give different bytes).
 pub fn to_bytes<M: Module>(module: &M) -> Result<Vec<u8>, String> {
+    // burn-store reads each parameter back with a readback that panics on a failed device. Read
+    // here first: cubecl reports a failure on the first read of a buffer the failed work left
+    // unwritten, so what reads once reads again.
+    let mut failed = None;
+    crate::tensors::each_param(module, |path, _, t| {
+        if failed.is_none() {
+            failed = crate::tensors::read(&t).err().map(|e| format!("tensor {path}: the device failed: {e}"));
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let mut store = SafetensorsStore::from_bytes(None).clear_metadata().metadata("format", "pt");
     module.save_into(&mut store).map_err(|e| e.to_string())?;
     store.get_bytes().map_err(|e| e.to_string())
