@@ -174,8 +174,7 @@ pub struct Nes<'a> {
 /// `g_i = ∇R(x_i)` for the field: the reward's gradient (`Exact`), or the NES estimate from its
 /// values (`Nes`, FAV-B; also usable on a differentiable reward, to check the estimator).
 /// Configuration refuses `Exact` for a black-box reward before any work. `Err`: the device failed
-/// computing the estimate's values (its `2·n` perturbed copies of every particle are the most
-/// memory a published reward tower takes).
+/// computing the estimate's values (the reward on `2·n` perturbed copies of every particle).
 pub fn field_grad(
     reward: &dyn Reward,
     x: &Tensor<2>,
