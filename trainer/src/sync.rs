@@ -135,20 +135,9 @@ pub fn all_finite<M: Module>(module: &M) -> Result<bool, DeviceError> {
 /// SHA-256 of every parameter value in module order (first 8 bytes), one tensor read at a time: a
 /// frozen base of billions of parameters never sits on the host whole.
 pub fn digest<M: Module>(module: &M) -> Result<[u8; 8], DeviceError> {
-    struct Hash(Result<Sha256, DeviceError>);
-    impl ModuleVisitor for Hash {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            if let Ok(h) = &mut self.0 {
-                match read(&p.val()) {
-                    Ok(v) => v.iter().for_each(|x| h.update(x.to_le_bytes())),
-                    Err(e) => self.0 = Err(e),
-                }
-            }
-        }
-    }
-    let mut h = Hash(Ok(Sha256::new()));
-    module.visit(&mut h);
-    Ok(h.0?.finalize()[..8].try_into().expect("8 bytes"))
+    let mut h = Sha256::new();
+    crate::tensors::read_each_param(module, |_, v| v.iter().for_each(|x| h.update(x.to_le_bytes())))?;
+    Ok(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
 /// Compare parameter digests ([`digest`]) across ranks; `Err` names the ranks that differ from

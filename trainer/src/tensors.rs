@@ -41,6 +41,21 @@ pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     read(t).unwrap_or_else(|e| panic!("reading a tensor: {e}"))
 }
 
+/// [`each_param`] with each tensor read to the host ([`read`]): `f(path, values)` in module order,
+/// up to the first device failure, which names the tensor.
+pub fn read_each_param<M: Module>(module: &M, mut f: impl FnMut(&str, &[f32])) -> Result<(), DeviceError> {
+    let mut failed = None;
+    each_param(module, |path, _, t| {
+        if failed.is_none() {
+            match read(&t) {
+                Ok(v) => f(path, &v),
+                Err(e) => failed = Some(DeviceError(format!("tensor {path}: {e}"))),
+            }
+        }
+    });
+    failed.map_or(Ok(()), Err)
+}
+
 /// Call `f(path, dims, values)` for every float parameter of `module` in module order, adapter
 /// factors included (`fc.weight.lora.a`), one tensor at a time (flattened, its effective value).
 pub fn each_param<M: Module>(module: &M, f: impl FnMut(&str, &[usize], Tensor<1>)) {

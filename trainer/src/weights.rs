@@ -391,16 +391,12 @@ pub fn param_shapes<M: Module>(module: &M) -> Vec<(String, String, Vec<usize>)> 
 /// the loaded values back is also where a device too small for the model says so.
 fn refuse_non_finite<M: Module>(module: &M) -> Result<(), String> {
     let mut bad = None;
-    crate::tensors::each_param(module, |path, _, t| {
-        if bad.is_some() {
-            return;
+    crate::tensors::read_each_param(module, |path, v| {
+        if bad.is_none() && !v.iter().all(|v| v.is_finite()) {
+            bad = Some(format!("tensor {path} holds NaN or infinite values"));
         }
-        bad = match crate::tensors::read(&t) {
-            Ok(v) if v.iter().all(|v| v.is_finite()) => None,
-            Ok(_) => Some(format!("tensor {path} holds NaN or infinite values")),
-            Err(e) => Some(format!("tensor {path}: the device failed loading it: {e}")),
-        };
-    });
+    })
+    .map_err(|e| format!("the device failed loading the weights: {e}"))?;
     bad.map_or(Ok(()), Err)
 }
 
@@ -446,15 +442,7 @@ pub fn to_bytes<M: Module>(module: &M) -> Result<Vec<u8>, String> {
     // burn-store reads each parameter back with a readback that panics on a failed device. Read
     // here first: cubecl reports a failure on the first read of a buffer the failed work left
     // unwritten, so what reads once reads again.
-    let mut failed = None;
-    crate::tensors::each_param(module, |path, _, t| {
-        if failed.is_none() {
-            failed = crate::tensors::read(&t).err().map(|e| format!("tensor {path}: the device failed: {e}"));
-        }
-    });
-    if let Some(e) = failed {
-        return Err(e);
-    }
+    crate::tensors::read_each_param(module, |_, _| ()).map_err(|e| format!("the device failed: {e}"))?;
     let mut store = SafetensorsStore::from_bytes(None).clear_metadata().metadata("format", "pt");
     module.save_into(&mut store).map_err(|e| e.to_string())?;
     store.get_bytes().map_err(|e| e.to_string())
