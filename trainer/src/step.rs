@@ -528,8 +528,11 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
     }
 
     fn state(&self) -> Result<(Bytes, Bytes), CheckpointError> {
+        // The weights first: their readback returns a failed device as an error, where burn's
+        // own readback of the optimiser's moments would panic.
+        let model = checkpoint::trainable_bytes(&self.net)?;
         let optim = self.optim.into_bytes().map_err(|e| CheckpointError::Format(e.to_string()))?;
-        Ok((checkpoint::trainable_bytes(&self.net)?, Bytes::copy_from_slice(&optim)))
+        Ok((model, Bytes::copy_from_slice(&optim)))
     }
 
     /// The trainable parameters with their ids (so the optimiser state matches them) and the
