@@ -88,6 +88,10 @@ export PYTHONPATH=$W/site${PYTHONPATH:+:$PYTHONPATH}
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
   python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" 2>&1 | tail -1
+  # What the PyTorch parts import, the pack's and the machine's own: a missing one names itself
+  # here instead of failing a part later.
+  python3 -c "import importlib.util as u; print('missing Python modules:', [m for m in \
+    ('torch', 'diffusers', 'peft', 'open_clip', 'safetensors', 'numpy') if u.find_spec(m) is None] or 'none')"
   nproc
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt"
