@@ -528,10 +528,12 @@ impl<G: Generator> Trainer for Aligner<'_, G> {
     }
 
     fn state(&self) -> Result<(Bytes, Bytes), CheckpointError> {
-        // The weights first: their readback returns a failed device as an error, where burn's
-        // own readback of the optimiser's moments would panic.
+        // burn reads the optimiser's moments itself and panics where the device failed: the
+        // weights' readback first (it returns such a failure), then burn's, caught.
         let model = checkpoint::trainable_bytes(&self.net)?;
-        let optim = self.optim.into_bytes().map_err(|e| CheckpointError::Format(e.to_string()))?;
+        let optim = crate::tensors::catching("reading the optimiser state", || self.optim.into_bytes())
+            .map_err(|e| CheckpointError::Format(format!("the device failed: {e}")))?
+            .map_err(|e| CheckpointError::Format(e.to_string()))?;
         Ok((model, Bytes::copy_from_slice(&optim)))
     }
 

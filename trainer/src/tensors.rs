@@ -31,6 +31,17 @@ pub fn read<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>, DeviceError> {
     Ok(data.convert::<f32>().try_into_vec::<f32>().expect("f32 tensor data"))
 }
 
+/// `f`'s result, or its panic as a [`DeviceError`] naming `what`. For the readbacks a dependency
+/// makes itself and panics on (burn's optimiser state, read by `to_record`): a failed device then
+/// ends the job with an error instead of an unwinding thread. Any partial state `f` leaves is
+/// dropped with the job, which stops on the error.
+pub fn catching<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, DeviceError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+        DeviceError(format!("{what}: {}", msg.as_deref().unwrap_or("panicked")))
+    })
+}
+
 /// The value of a one-element tensor (a loss), or the failure of the device work that made it.
 pub fn scalar(t: &Tensor<1>) -> Result<f64, DeviceError> {
     Ok(f64::from(read(t)?[0]))
@@ -78,4 +89,18 @@ pub fn each_param<M: Module>(module: &M, f: impl FnMut(&str, &[usize], Tensor<1>
         }
     }
     module.visit(&mut Walk { path: Vec::new(), f });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catching_turns_a_panic_into_an_error_that_keeps_its_message() {
+        assert_eq!(catching("reading", || 7), Ok(7));
+        let e = catching("reading the optimiser state", || -> u8 { panic!("CUDA_ERROR_ILLEGAL_ADDRESS at {}", 3) });
+        assert_eq!(e, Err(DeviceError("reading the optimiser state: CUDA_ERROR_ILLEGAL_ADDRESS at 3".into())));
+        let oom = catching("reading", || -> u8 { std::panic::panic_any("Out of device memory") }).unwrap_err();
+        assert!(oom.out_of_memory(), "{oom}");
+    }
 }
